@@ -1,0 +1,53 @@
+"""Class Activation Mapping for a GAP + linear head."""
+
+from __future__ import annotations
+
+from typing import List
+
+import paddle
+from paddle import nn
+
+from ..errors import ChexcamError
+from ..registry import CAM_METHODS
+from .base import BaseCAM
+
+
+def linear_head(model: nn.Layer) -> nn.Linear:
+    """The model's ``head`` Linear layer (weight ``[C, K]``), which CAM needs."""
+    head = getattr(model, "head", None)
+    if not isinstance(head, nn.Linear):
+        raise ChexcamError(
+            f"method 'cam' needs a global-average-pool + Linear 'head' ({type(model).__name__} has none); "
+            "use method='gradcam' instead"
+        )
+    return head
+
+
+@CAM_METHODS.register("cam")
+class CAM(BaseCAM):
+    r"""Class Activation Map (Zhou et al., "Learning Deep Features for Discriminative Localization",
+    CVPR 2016).
+
+    With ``f_k(x, y)`` the last feature map (after the final norm + ReLU) and ``w_{c,k}`` the head
+    weight of class ``c``:
+
+        M_c(x, y) = sum_k w_{c,k} f_k(x, y)
+
+    computed for all selected classes by one ``einsum("bchw,ck->bkhw", f, W)``. Because the head sees
+    the global average of ``f``, the raw map is in logit units: ``mean_{x,y} M_c + b_c = logit_c``.
+    """
+
+    def __init__(self, model: nn.Layer, target_layer=None):
+        super().__init__(model, target_layer)
+        self.head = linear_head(model)
+
+    def class_maps(self, feats: paddle.Tensor, logits: paddle.Tensor, classes: List[int]) -> paddle.Tensor:
+        weight = self.head.weight
+        if feats.shape[1] != weight.shape[0]:
+            raise ChexcamError(
+                f"layer '{self.layer_name}' has {feats.shape[1]} channels but the head expects "
+                f"{weight.shape[0]}; CAM must hook the layer that feeds global pooling"
+            )
+        if len(classes) != weight.shape[1]:
+            weight = paddle.index_select(weight, paddle.to_tensor(classes, dtype="int64"), axis=1)
+        return paddle.einsum("bchw,ck->bkhw", feats, weight)

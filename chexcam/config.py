@@ -1,0 +1,376 @@
+"""Configuration: YAML file -> ``-o a.b=c`` overrides -> strict, typed dataclasses.
+
+PaddleClas-style command lines (``-c file.yaml -o train.epochs=2``) with nanoGPT-style strictness:
+an unknown key, a wrong type or a malformed override is a :class:`~chexcam.errors.ConfigError`
+whose one-line message names the key, the file and the closest valid key. Override values are parsed
+with ``yaml.safe_load`` (never ``eval``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import os
+import typing
+from dataclasses import dataclass, field
+from typing import Any, Dict, List, Literal, Optional, Sequence
+
+import yaml
+
+from .errors import ConfigError
+from .labels import CHESTXRAY14_LABELS, IMAGENET_MEAN, IMAGENET_STD
+
+
+@dataclass
+class ModelConfig:
+    name: str = "chexnet_densenet121"
+    num_classes: int = 14
+    output_stride: Literal[8, 16, 32] = 32
+    weights: Optional[str] = None
+    allow_random: bool = False
+    dropout: float = 0.0
+
+
+@dataclass
+class DataConfig:
+    dataset: str = "chestxray14"
+    root: Optional[str] = None
+    labels: List[str] = field(default_factory=lambda: list(CHESTXRAY14_LABELS))
+    metadata: Optional[str] = None
+    split_mode: Literal["official", "chexnet", "random_patient"] = "official"
+    split_dir: Optional[str] = None
+    view: Literal["all", "PA", "AP"] = "all"
+    val_fraction: float = 0.1
+    test_fraction: float = 0.2
+    csv: Optional[str] = None
+    path_column: str = "path"
+    resize: int = 256
+    crop: int = 224
+    hflip: bool = True
+    mean: List[float] = field(default_factory=lambda: list(IMAGENET_MEAN))
+    std: List[float] = field(default_factory=lambda: list(IMAGENET_STD))
+    num_workers: int = 0
+    cache_dir: Optional[str] = None
+    on_bad_image: Literal["error", "skip"] = "error"
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 10
+    batch_size: int = 16
+    lr: float = 1e-3
+    beta1: float = 0.9
+    beta2: float = 0.999
+    weight_decay: float = 0.0
+    scheduler: Literal["plateau", "none"] = "plateau"
+    plateau_factor: float = 0.1
+    plateau_patience: int = 1
+    early_stop_patience: int = 0
+    pos_weight: bool = False
+    resume: Optional[str] = None
+    auto_resume: bool = True
+    amp: bool = False
+    log_interval: int = 10
+    max_steps_per_epoch: int = 0
+
+
+@dataclass
+class EvalConfig:
+    batch_size: int = 32
+    split: Literal["val", "test"] = "test"
+    ten_crop: bool = False
+    bootstrap: int = 1000
+    ci: float = 0.95
+    threshold: float = 0.5
+
+
+@dataclass
+class CamConfig:
+    method: str = "cam"
+    layer: Optional[str] = None
+    normalize: Literal["none", "minmax", "global"] = "minmax"
+    relu: bool = False
+    upsample: bool = True
+
+
+@dataclass
+class InferConfig:
+    input: Optional[str] = None
+    batch_size: int = 8
+    threshold: float = 0.5
+    sort: bool = False
+    colormap: str = "jet"
+    alpha: float = 0.4
+    save_npz: bool = False
+    ten_crop: bool = False
+
+
+@dataclass
+class Config:
+    output_dir: str = "output"
+    device: Literal["auto", "cpu", "gpu"] = "auto"
+    seed: int = 0
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    cam: CamConfig = field(default_factory=CamConfig)
+    infer: InferConfig = field(default_factory=InferConfig)
+    #: where the config was loaded from (not a key; set by load_config)
+    source: Optional[str] = field(default=None, metadata={"internal": True})
+
+
+# ---------------------------------------------------------------------------------------------
+# schema walking
+
+
+def _is_section(tp) -> bool:
+    return dataclasses.is_dataclass(tp)
+
+
+def _hints(cls) -> Dict[str, Any]:
+    return typing.get_type_hints(cls)
+
+
+def _public_fields(cls):
+    return [f for f in dataclasses.fields(cls) if not f.metadata.get("internal")]
+
+
+def valid_keys(cls=Config, prefix: str = "") -> List[str]:
+    """All dotted keys of the schema, sections included (``train``, ``train.epochs``, ...)."""
+    hints = _hints(cls)
+    out = []
+    for f in _public_fields(cls):
+        key = prefix + f.name
+        out.append(key)
+        if _is_section(hints[f.name]):
+            out.extend(valid_keys(hints[f.name], key + "."))
+    return out
+
+
+def _closest(key: str) -> str:
+    keys = valid_keys()
+    # compare within the same section first, so "train.epochz" suggests "train.epochs"
+    match = difflib.get_close_matches(key, keys, n=1, cutoff=0.5)
+    return f"; did you mean '{match[0]}'?" if match else ""
+
+
+def _type_name(tp) -> str:
+    origin = typing.get_origin(tp)
+    if origin is Literal:
+        return "one of " + ", ".join(repr(a) for a in typing.get_args(tp))
+    if origin is typing.Union:
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        return _type_name(args[0]) + " or null"
+    if origin in (list, List):
+        return "a list of " + _type_name(typing.get_args(tp)[0])
+    return {int: "an integer", float: "a number", bool: "true/false", str: "a string"}.get(
+        tp, getattr(tp, "__name__", str(tp))
+    )
+
+
+_BAD = object()
+
+
+def _coerce(value, tp, from_cli: bool, raw: Optional[str]):
+    """Return ``value`` checked against ``tp`` (with the few safe coercions), or ``_BAD``."""
+    origin = typing.get_origin(tp)
+    if origin is typing.Union:
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        if value is None:
+            return None
+        return _coerce(value, args[0], from_cli, raw)
+    if origin is Literal:
+        choices = typing.get_args(tp)
+        if value in choices and type(value) is type(choices[0]):
+            return value
+        if from_cli and raw is not None and raw in choices:
+            return raw
+        return _BAD
+    if origin in (list, List):
+        if not isinstance(value, (list, tuple)):
+            return _BAD
+        (inner,) = typing.get_args(tp)
+        out = [_coerce(v, inner, False, None) for v in value]
+        return _BAD if any(v is _BAD for v in out) else out
+    if tp is bool:
+        return value if isinstance(value, bool) else _BAD
+    if tp is int:
+        return value if isinstance(value, int) and not isinstance(value, bool) else _BAD
+    if tp is float:
+        if isinstance(value, bool):
+            return _BAD
+        if isinstance(value, str):
+            # YAML 1.1 reads "1e-4" (no dot) as a string; accept any plain decimal number
+            try:
+                return float(value) if value.strip().lower() not in ("nan", "inf", "-inf", "+inf") else _BAD
+            except ValueError:
+                return _BAD
+        return float(value) if isinstance(value, (int, float)) else _BAD
+    if tp is str:
+        if isinstance(value, str):
+            return value
+        # "-o data.root=2024" parses as an int; a str key takes the text as written
+        if from_cli and raw is not None:
+            return raw
+        return _BAD
+    return value
+
+
+def _origin(origins: Dict[str, str], dotted: str, where: str) -> str:
+    """Where a key came from: the file, or the file plus the ``-o`` override that set it (or a child)."""
+    if dotted in origins:
+        return origins[dotted]
+    for key, value in origins.items():
+        if key.startswith(dotted + ".") and not key.endswith("#raw"):
+            return value
+    return where
+
+
+def _build(cls, data: Dict[str, Any], where: str, prefix: str, origins: Dict[str, str]):
+    hints = _hints(cls)
+    names = {f.name for f in _public_fields(cls)}
+    kwargs = {}
+    for key, value in data.items():
+        dotted = prefix + str(key)
+        if key not in names:
+            raise ConfigError(f"unknown key '{dotted}' in {_origin(origins, dotted, where)}{_closest(dotted)}")
+        tp = hints[key]
+        if _is_section(tp):
+            if value is None:
+                value = {}
+            if not isinstance(value, dict):
+                raise ConfigError(
+                    f"key '{dotted}' in {_origin(origins, dotted, where)} must be a section (a mapping), "
+                    f"got {value!r}"
+                )
+            kwargs[key] = _build(tp, value, where, dotted + ".", origins)
+        else:
+            raw = origins.get(dotted + "#raw")
+            coerced = _coerce(value, tp, raw is not None, raw)
+            if coerced is _BAD:
+                raise ConfigError(
+                    f"key '{dotted}' in {_origin(origins, dotted, where)} must be {_type_name(tp)}, "
+                    f"got {value!r}"
+                )
+            kwargs[key] = coerced
+    return cls(**kwargs)
+
+
+def parse_override(text: str, where: str = "-o"):
+    """Split ``"a.b=c"`` into ``(["a", "b"], value, raw)``; the value goes through ``yaml.safe_load``."""
+    if not isinstance(text, str) or "=" not in text:
+        raise ConfigError(f"malformed override {text!r} ({where}): expected KEY=VALUE, e.g. train.epochs=2")
+    key, raw = text.split("=", 1)
+    key = key.strip()
+    if not key or any(not part for part in key.split(".")):
+        raise ConfigError(f"malformed override {text!r} ({where}): empty key; expected KEY=VALUE")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else None
+    except yaml.YAMLError as exc:
+        problem = str(exc).splitlines()[0]
+        raise ConfigError(f"malformed value in override {text!r} ({where}): {problem}") from None
+    return key.split("."), value, raw
+
+
+def load_config(path: Optional[str] = None, overrides: Sequence[str] = ()) -> Config:
+    """Load a YAML config, apply ``"a.b=c"`` overrides and validate everything against the schema.
+
+    Args:
+        path: YAML file; ``None`` starts from the built-in defaults.
+        overrides: strings like the CLI's ``-o`` values, applied in order.
+
+    Raises:
+        ConfigError: unknown key, wrong type, malformed override or unreadable file (one line).
+    """
+    where = str(path) if path else "the defaults"
+    data: Dict[str, Any] = {}
+    if path is not None:
+        if not os.path.isfile(path):
+            raise ConfigError(f"config file not found: {path}")
+        try:
+            with open(path, encoding="utf-8") as fh:
+                loaded = yaml.safe_load(fh)
+        except yaml.YAMLError as exc:
+            mark = getattr(exc, "problem_mark", None)
+            at = f" line {mark.line + 1}" if mark is not None else ""
+            raise ConfigError(f"cannot parse {path}{at}: {getattr(exc, 'problem', exc)}") from None
+        if loaded is None:
+            loaded = {}
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"{path} must contain a mapping of sections, got {type(loaded).__name__}")
+        data = loaded
+    origins: Dict[str, str] = {}
+    if isinstance(overrides, str):
+        overrides = [overrides]
+    for text in overrides:
+        parts, value, raw = parse_override(text)
+        dotted = ".".join(parts)
+        node = data
+        for i, part in enumerate(parts[:-1]):
+            sub = node.get(part)
+            if sub is None:
+                sub = node[part] = {}
+            if not isinstance(sub, dict):
+                prefix = ".".join(parts[: i + 1])
+                raise ConfigError(
+                    f"override {text!r}: '{prefix}' in {where} is a value, not a section{_closest(dotted)}"
+                )
+            node = sub
+        node[parts[-1]] = value
+        origins[dotted] = f"{where} (from -o {text})"
+        origins[dotted + "#raw"] = raw.strip()
+    cfg = _build(Config, data, where, "", origins)
+    cfg.source = str(path) if path else None
+    validate(cfg, where)
+    return cfg
+
+
+def validate(cfg: Config, where: str = "config") -> None:
+    """Cross-field checks the type system cannot express."""
+    if cfg.model.num_classes < 1:
+        raise ConfigError(f"key 'model.num_classes' in {where} must be >= 1, got {cfg.model.num_classes}")
+    if len(cfg.data.labels) != cfg.model.num_classes:
+        raise ConfigError(
+            f"key 'data.labels' in {where} has {len(cfg.data.labels)} names but model.num_classes is "
+            f"{cfg.model.num_classes}; they must match"
+        )
+    if len(cfg.data.mean) != 3 or len(cfg.data.std) != 3:
+        raise ConfigError(f"keys 'data.mean' and 'data.std' in {where} must each list 3 numbers (RGB)")
+    if any(s <= 0 for s in cfg.data.std):
+        raise ConfigError(f"key 'data.std' in {where} must be positive, got {cfg.data.std}")
+    if cfg.data.crop > cfg.data.resize:
+        raise ConfigError(
+            f"key 'data.crop' in {where} ({cfg.data.crop}) must not exceed data.resize ({cfg.data.resize})"
+        )
+    for key, val in (("train.epochs", cfg.train.epochs), ("train.batch_size", cfg.train.batch_size),
+                     ("eval.batch_size", cfg.eval.batch_size), ("infer.batch_size", cfg.infer.batch_size)):
+        if val < 1:
+            raise ConfigError(f"key '{key}' in {where} must be >= 1, got {val}")
+    if not 0.0 < cfg.eval.ci < 1.0:
+        raise ConfigError(f"key 'eval.ci' in {where} must be between 0 and 1, got {cfg.eval.ci}")
+
+
+def config_to_dict(cfg: Config) -> Dict[str, Any]:
+    """Plain-dict form of a config (for YAML files and checkpoints)."""
+    out = dataclasses.asdict(cfg)
+    out.pop("source", None)
+    return out
+
+
+def config_from_dict(data: Dict[str, Any], where: str = "a checkpoint") -> Config:
+    """Rebuild a validated config from :func:`config_to_dict` output."""
+    cfg = _build(Config, dict(data), where, "", {})
+    validate(cfg, where)
+    return cfg
+
+
+def save_config(cfg: Config, path: str) -> str:
+    """Write the resolved config as YAML (next to every output); returns the path."""
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    tmp = path + ".tmp"
+    with open(tmp, "w", encoding="utf-8") as fh:
+        fh.write(f"# resolved chexcam config (from {cfg.source or 'defaults'})\n")
+        yaml.safe_dump(config_to_dict(cfg), fh, sort_keys=False)
+    os.replace(tmp, path)
+    return path

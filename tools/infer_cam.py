@@ -1,0 +1,17 @@
+"""Per-image CAM mosaics and JSON records for every class: ``-o infer.input=IMAGE|FOLDER|GLOB``."""
+
+import sys
+
+from chexcam.cli import run_tool
+
+
+def main(cfg, args):
+    from chexcam.engine import infer
+
+    summary = infer.run(cfg)
+    print(f"{summary['images']} images explained, {summary['skipped']} skipped; outputs in {summary['output_dir']}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(run_tool(main, __doc__))
