@@ -52,6 +52,9 @@ class DataConfig:
     num_workers: int = 0
     cache_dir: Optional[str] = None
     on_bad_image: Literal["error", "skip"] = "error"
+    resize_mode: Literal["shorter", "square"] = "shorter"
+    rot90: bool = False
+    color_jitter: float = 0.0
 
 
 @dataclass
@@ -103,6 +106,35 @@ class InferConfig:
     alpha: float = 0.4
     save_npz: bool = False
     ten_crop: bool = False
+    engine: Literal["dynamic", "paddle_inference"] = "dynamic"
+    subdir: str = "cam"
+    tile: int = 256
+    colorbar: bool = True
+    draw_boxes: Literal["none", "positive", "all"] = "positive"
+
+
+@dataclass
+class LocalizationConfig:
+    boxes: Literal["regions", "peaks"] = "regions"
+    threshold: float = 0.5
+    max_boxes: int = 3
+    peak_size: float = 0.1875
+    min_distance: float = 0.1
+    threshold_rel: float = 0.5
+    bbox_csv: Optional[str] = None
+    images: Optional[str] = None
+    train_list: Optional[str] = None
+
+
+@dataclass
+class ExportConfig:
+    dir: Optional[str] = None
+    onnx: bool = False
+    onnx_opset: int = 13
+    cpu_threads: int = 0
+    mkldnn: bool = True
+    precision: Literal["fp32", "bf16"] = "fp32"
+    tensorrt: bool = False
 
 
 @dataclass
@@ -116,6 +148,8 @@ class Config:
     eval: EvalConfig = field(default_factory=EvalConfig)
     cam: CamConfig = field(default_factory=CamConfig)
     infer: InferConfig = field(default_factory=InferConfig)
+    export: ExportConfig = field(default_factory=ExportConfig)
+    localization: LocalizationConfig = field(default_factory=LocalizationConfig)
     #: where the config was loaded from (not a key; set by load_config)
     source: Optional[str] = field(default=None, metadata={"internal": True})
 
@@ -349,6 +383,26 @@ def validate(cfg: Config, where: str = "config") -> None:
             raise ConfigError(f"key '{key}' in {where} must be >= 1, got {val}")
     if not 0.0 < cfg.eval.ci < 1.0:
         raise ConfigError(f"key 'eval.ci' in {where} must be between 0 and 1, got {cfg.eval.ci}")
+    if cfg.export.cpu_threads < 0:
+        raise ConfigError(f"key 'export.cpu_threads' in {where} must be >= 0 (0: all cores), got {cfg.export.cpu_threads}")
+    if not 0.0 < cfg.data.val_fraction < 1.0 or not 0.0 <= cfg.data.test_fraction < 1.0 \
+            or cfg.data.val_fraction + cfg.data.test_fraction >= 1.0:
+        raise ConfigError(
+            f"keys 'data.val_fraction' ({cfg.data.val_fraction}) and 'data.test_fraction' "
+            f"({cfg.data.test_fraction}) in {where} must be in (0, 1) and [0, 1) and sum to less than 1"
+        )
+    for key, val in (("data.num_workers", cfg.data.num_workers), ("train.early_stop_patience",
+                     cfg.train.early_stop_patience), ("train.max_steps_per_epoch", cfg.train.max_steps_per_epoch),
+                     ("eval.bootstrap", cfg.eval.bootstrap), ("train.plateau_patience", cfg.train.plateau_patience)):
+        if val < 0:
+            raise ConfigError(f"key '{key}' in {where} must be >= 0, got {val}")
+    if not 0.0 <= cfg.data.color_jitter < 1.0:
+        raise ConfigError(f"key 'data.color_jitter' in {where} must be in [0, 1), got {cfg.data.color_jitter}")
+    if cfg.train.log_interval < 1:
+        raise ConfigError(f"key 'train.log_interval' in {where} must be >= 1, got {cfg.train.log_interval}")
+    if not cfg.train.lr > 0 or not 0.0 < cfg.train.plateau_factor < 1.0:
+        raise ConfigError(f"keys 'train.lr' ({cfg.train.lr}) and 'train.plateau_factor' "
+                          f"({cfg.train.plateau_factor}) in {where} must be > 0 and in (0, 1)")
 
 
 def config_to_dict(cfg: Config) -> Dict[str, Any]:

@@ -74,3 +74,84 @@ def test_shared_nih_images_all_decode():
     for f in pngs:
         img = read_image(os.path.join(folder, f))
         assert img.shape == (1024, 1024, 3)
+
+
+def _write_dicom(path, pixels, photometric="MONOCHROME2", window=None, slope=1.0, intercept=0.0, rgb=False):
+    """A minimal valid DICOM file written by pydicom (secondary-capture)."""
+    pydicom = pytest.importorskip("pydicom")
+    from pydicom.dataset import FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
+
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = SecondaryCaptureImageStorage
+    meta.MediaStorageSOPInstanceUID = generate_uid()
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds = pydicom.Dataset()
+    ds.file_meta = meta
+    ds.SOPClassUID, ds.SOPInstanceUID = meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID
+    ds.Rows, ds.Columns = pixels.shape[:2]
+    ds.SamplesPerPixel = 3 if rgb else 1
+    ds.PhotometricInterpretation = "RGB" if rgb else photometric
+    if rgb:
+        ds.PlanarConfiguration = 0
+    ds.BitsAllocated = pixels.dtype.itemsize * 8
+    ds.BitsStored = 8 if rgb else 12
+    ds.HighBit = ds.BitsStored - 1
+    ds.PixelRepresentation = 0
+    if not rgb:
+        ds.RescaleSlope, ds.RescaleIntercept = slope, intercept
+    if window:
+        ds.WindowCenter, ds.WindowWidth = window
+    ds.PixelData = pixels.tobytes()
+    try:
+        ds.save_as(str(path), enforce_file_format=True)
+    except TypeError:  # pydicom < 3
+        ds.is_little_endian, ds.is_implicit_VR = True, False
+        ds.save_as(str(path), write_like_original=False)
+    return str(path)
+
+
+def test_dicom_window_and_monochrome1(tmp_path):
+    pytest.importorskip("pydicom")
+    ramp = (np.arange(16, dtype=np.uint16).reshape(4, 4) * 200)  # 0 .. 3000 (12-bit)
+    # window centre 1500, width 1001: values <= 1000 -> 0, >= 2000 -> 255, linear between
+    mono2 = read_image(_write_dicom(tmp_path / "a.dcm", ramp, window=(1500, 1001)))
+    assert mono2.shape == (4, 4, 3) and mono2.dtype == np.uint8
+    expect = np.rint(np.clip((ramp - 1499.5) / 1000.0 + 0.5, 0, 1) * 255).astype(np.uint8)
+    np.testing.assert_array_equal(mono2[..., 0], expect)
+    mono1 = read_image(_write_dicom(tmp_path / "b.dcm", ramp, "MONOCHROME1", window=(1500, 1001)))
+    np.testing.assert_array_equal(mono1[..., 0], 255 - expect)  # inverted: low values are white
+    # no window: stretched from the image's own range, after the modality LUT
+    plain = read_image(_write_dicom(tmp_path / "c.dcm", ramp, slope=2.0, intercept=-100.0))
+    assert plain.min() == 0 and plain.max() == 255 and plain[0, 0, 0] == 0
+
+
+def test_dicom_found_by_magic_rgb_and_broken(tmp_path):
+    pytest.importorskip("pydicom")
+    rgb = np.zeros((3, 5, 3), np.uint8)
+    rgb[..., 0] = 200
+    path = _write_dicom(tmp_path / "noext", rgb, rgb=True)  # no extension: the DICM magic decides
+    out = read_image(path)
+    assert out.shape == (3, 5, 3) and (out[..., 0] == 200).all() and (out[..., 2] == 0).all()
+    bad = tmp_path / "broken.dcm"
+    bad.write_bytes(b"\0" * 128 + b"DICM" + b"garbage" * 10)
+    with pytest.raises(BadImageError, match="broken.dcm") as info:
+        read_image(str(bad))
+    assert "\n" not in str(info.value)
+
+
+def test_dicom_without_pydicom_is_a_one_line_error(tmp_path, monkeypatch):
+    import builtins
+
+    path = tmp_path / "x.dcm"
+    path.write_bytes(b"\0" * 128 + b"DICM" + b"\0" * 64)
+    real = builtins.__import__
+
+    def fake(name, *a, **k):
+        if name == "pydicom" or name.startswith("pydicom."):
+            raise ImportError(name)
+        return real(name, *a, **k)
+
+    monkeypatch.setattr(builtins, "__import__", fake)
+    with pytest.raises(BadImageError, match=r"pip install 'chexcam\[dicom\]'"):
+        read_image(str(path))

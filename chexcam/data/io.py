@@ -3,6 +3,9 @@
 Grayscale is replicated to three channels, the alpha of RGBA is dropped (the NIH release has a few
 RGBA files whose alpha is constant), and 16-bit images are stretched per image from their own min..max
 to 0..255 (12-bit data stored in 16-bit containers would otherwise turn almost black).
+
+DICOM files (by extension ``.dcm``/``.dicom`` or the ``DICM`` magic at byte 128) are read with pydicom
+(the optional ``[dicom]`` extra): modality LUT, then the VOI LUT or window, MONOCHROME1 inverted.
 """
 
 from __future__ import annotations
@@ -16,6 +19,78 @@ from ..errors import BadImageError
 
 _PNG_SIG = b"\x89PNG\r\n\x1a\n"
 _PNG_END = b"IEND\xaeB`\x82"
+DICOM_EXTS = (".dcm", ".dicom")
+
+
+def is_dicom(path: str, head: bytes) -> bool:
+    """A DICOM file: by extension, or the ``DICM`` magic after the 128-byte preamble."""
+    return path.lower().endswith(DICOM_EXTS) or head[128:132] == b"DICM"
+
+
+def _first(value) -> float:
+    """A DICOM number that may be multi-valued (several windows): the first one."""
+    try:
+        return float(value[0])
+    except TypeError:
+        return float(value)
+
+
+def _window(arr: np.ndarray, center: float, width: float) -> np.ndarray:
+    """DICOM linear VOI window (PS3.3 C.11.2.1.2.1) onto 0..255 uint8."""
+    width = max(width, 1.0)
+    y = (arr - (center - 0.5)) / (width - 1.0) + 0.5 if width > 1 else (arr >= center).astype(np.float64)
+    return np.rint(np.clip(y, 0.0, 1.0) * 255.0).astype(np.uint8)
+
+
+def read_dicom(path: str) -> np.ndarray:
+    """Read a DICOM image as uint8 RGB ``[H, W, 3]`` (first frame of a multi-frame file).
+
+    Grayscale: the modality LUT (rescale slope/intercept) is applied, then the VOI LUT sequence or the
+    first window centre/width (linear, as the standard defines it); without either the image is
+    stretched from its own min..max. ``MONOCHROME1`` (white = low values) is inverted so bone is white.
+    Colour images are converted to RGB.
+
+    Raises:
+        BadImageError: pydicom is missing, or the file cannot be parsed or has no pixel data.
+    """
+    try:
+        import pydicom
+    except ImportError:
+        raise BadImageError(f"{path} is DICOM; reading it needs pydicom: pip install 'chexcam[dicom]'") from None
+    try:
+        ds = pydicom.dcmread(path)
+        arr = ds.pixel_array
+    except Exception as exc:  # pydicom raises many types for broken files
+        msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise BadImageError(f"cannot decode DICOM {path}: {msg}") from None
+    try:
+        from pydicom.pixels import apply_modality_lut, apply_voi_lut, convert_color_space
+    except ImportError:  # pydicom < 3
+        from pydicom.pixel_data_handlers.util import apply_modality_lut, apply_voi_lut, convert_color_space
+    photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2")).upper()
+    frames = int(ds.get("NumberOfFrames", 1) or 1)
+    samples = int(ds.get("SamplesPerPixel", 1) or 1)
+    if frames > 1:
+        arr = arr[0]
+    if samples == 3:
+        if photometric.startswith("YBR"):
+            arr = convert_color_space(arr, photometric, "RGB")
+        return np.ascontiguousarray(to_uint8(arr))
+    if arr.ndim != 2:
+        raise BadImageError(f"unsupported DICOM pixel layout {list(arr.shape)}: {path}")
+    arr = np.asarray(apply_modality_lut(arr, ds), dtype=np.float64)
+    if "VOILUTSequence" in ds:
+        lut = ds.VOILUTSequence[0]
+        bits = int(lut.LUTDescriptor[2]) or 16
+        img = np.clip(np.asarray(apply_voi_lut(arr, ds), dtype=np.float64), 0, 2 ** bits - 1)
+        img = np.rint(img * (255.0 / (2 ** bits - 1))).astype(np.uint8)
+    elif "WindowCenter" in ds and "WindowWidth" in ds:
+        img = _window(arr, _first(ds.WindowCenter), _first(ds.WindowWidth))
+    else:
+        img = to_uint8(arr)
+    if photometric == "MONOCHROME1":
+        img = 255 - img
+    return cv2.cvtColor(img, cv2.COLOR_GRAY2RGB)
 
 
 def _check_complete(path: str, data: bytes) -> None:
@@ -54,7 +129,7 @@ def to_rgb(img: np.ndarray, path: str = "<array>") -> np.ndarray:
 
 
 def read_image(path: str) -> np.ndarray:
-    """Read an image file as uint8 RGB ``[H, W, 3]``.
+    """Read an image file (PNG/JPEG/... of any mode, or DICOM) as uint8 RGB ``[H, W, 3]``.
 
     Raises:
         BadImageError: missing, empty, truncated or undecodable file (the message names it).
@@ -71,6 +146,8 @@ def read_image(path: str) -> np.ndarray:
         raise BadImageError(f"cannot read image {path}: {exc.strerror}") from None
     if not data:
         raise BadImageError(f"empty image file: {path}")
+    if is_dicom(path, data[:132]):
+        return read_dicom(path)
     _check_complete(path, data)
     img = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), cv2.IMREAD_UNCHANGED)
     if img is None or img.size == 0:

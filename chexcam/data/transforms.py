@@ -98,3 +98,115 @@ class EvalTransform:
     @classmethod
     def from_config(cls, cfg) -> "EvalTransform":
         return cls(cfg.data.resize, cfg.data.crop, cfg.data.mean, cfg.data.std)
+
+
+# ---------------------------------------------------------------------------------------------
+# training and evaluation pipelines (CheXNet: resize 256, random crop 224, flip; eval centre or ten crops)
+
+
+def resize_square(img: np.ndarray, size: int) -> Tuple[np.ndarray, float, float]:
+    """Resize to ``size x size`` (aspect not kept: cells are roughly round); returns the scales."""
+    h, w = img.shape[:2]
+    if (h, w) == (size, size):
+        return img, 1.0, 1.0
+    interp = cv2.INTER_AREA if size < min(h, w) else cv2.INTER_LINEAR
+    return cv2.resize(img, (size, size), interpolation=interp), size / w, size / h
+
+
+def resize_for(img: np.ndarray, size: int, mode: str) -> Tuple[np.ndarray, float, float]:
+    """The resize step of ``data.resize_mode`` (``shorter`` or ``square``); also what the cache stores."""
+    return resize_square(img, size) if mode == "square" else resize_shorter(img, size)
+
+
+class SquareEvalTransform(EvalTransform):
+    """:class:`EvalTransform` for ``data.resize_mode: square``: resize to ``resize x resize``, centre-crop."""
+
+    def geometry_and_crop(self, img: np.ndarray) -> Tuple[np.ndarray, Geometry]:
+        h, w = img.shape[:2]
+        small, sx, sy = resize_square(img, self.resize)
+        x0 = y0 = int(round((self.resize - self.crop) / 2.0))
+        crop = small[y0:y0 + self.crop, x0:x0 + self.crop]
+        return crop, Geometry(h, w, sx, sy, float(x0), float(y0), self.crop, self.crop)
+
+
+def eval_transform(cfg) -> EvalTransform:
+    """The evaluation transform the training run used (centre crop, geometry kept for CAMs)."""
+    cls = SquareEvalTransform if cfg.data.resize_mode == "square" else EvalTransform
+    return cls(cfg.data.resize, cfg.data.crop, cfg.data.mean, cfg.data.std)
+
+
+class TrainTransform:
+    """Resize, random ``crop``, random horizontal flip and 90-degree rotation, normalize.
+
+    Randomness comes only from the ``rng`` passed to each call, so the dataset can seed it from
+    ``(seed, epoch, index)``: the same run gives the same batches whatever the worker count, and a
+    resumed run replays exactly the epochs an uninterrupted one would.
+    """
+
+    def __init__(self, resize: int, crop: int, mean: Sequence[float], std: Sequence[float],
+                 hflip: bool = True, rot90: bool = False, mode: str = "shorter", color_jitter: float = 0.0):
+        self.resize, self.crop, self.mean, self.std = int(resize), int(crop), tuple(mean), tuple(std)
+        self.hflip, self.rot90, self.mode = bool(hflip), bool(rot90), mode
+        self.color_jitter = float(color_jitter)
+
+    def __call__(self, img: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        small, _, _ = resize_for(img, self.resize, self.mode)
+        h, w = small.shape[:2]
+        y0 = int(rng.integers(0, h - self.crop + 1))
+        x0 = int(rng.integers(0, w - self.crop + 1))
+        out = small[y0:y0 + self.crop, x0:x0 + self.crop]
+        if self.hflip and rng.random() < 0.5:
+            out = out[:, ::-1]
+        if self.rot90:
+            out = np.rot90(out, int(rng.integers(0, 4)))
+        out = np.ascontiguousarray(out)
+        if self.color_jitter > 0:
+            return self._jitter(out, rng)
+        return normalize(out, self.mean, self.std)
+
+    def _jitter(self, img: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        """Random brightness, contrast, saturation and per-channel gain, each ``1 +- color_jitter``.
+
+        Stain colour and intensity vary from slide to slide (and exposure from X-ray to X-ray); the
+        per-channel gain imitates a stain shift, so the model must rely on local structure instead.
+        """
+        j = self.color_jitter
+        b, c, s = rng.uniform(1 - j, 1 + j, 3)
+        gain = rng.uniform(1 - j / 2, 1 + j / 2, 3)
+        x = img.astype(np.float32) * (b / 255.0)
+        x = (x - x.mean()) * c + x.mean()
+        gray = x.mean(axis=2, keepdims=True)
+        x = (gray + (x - gray) * s) * gain.astype(np.float32)
+        x = np.clip(x, 0.0, 1.0)
+        x -= np.asarray(self.mean, dtype=np.float32)
+        x /= np.asarray(self.std, dtype=np.float32)
+        return np.ascontiguousarray(x.transpose(2, 0, 1))
+
+    @classmethod
+    def from_config(cls, cfg) -> "TrainTransform":
+        d = cfg.data
+        return cls(d.resize, d.crop, d.mean, d.std, hflip=d.hflip, rot90=d.rot90, mode=d.resize_mode,
+                   color_jitter=d.color_jitter)
+
+
+class TenCrop:
+    """Four corner crops and the centre crop, plus their horizontal mirrors -> ``[10, 3, crop, crop]``.
+
+    CheXNet's evaluation averages the ten crops' probabilities (not logits); the engine does that.
+    """
+
+    def __init__(self, resize: int, crop: int, mean: Sequence[float], std: Sequence[float], mode: str = "shorter"):
+        self.resize, self.crop, self.mean, self.std, self.mode = int(resize), int(crop), tuple(mean), tuple(std), mode
+
+    def __call__(self, img: np.ndarray) -> np.ndarray:
+        small, _, _ = resize_for(img, self.resize, self.mode)
+        h, w, c = small.shape[0], small.shape[1], self.crop
+        cy, cx = int(round((h - c) / 2.0)), int(round((w - c) / 2.0))
+        offsets = [(0, 0), (0, w - c), (h - c, 0), (h - c, w - c), (cy, cx)]
+        crops = [small[y:y + c, x:x + c] for y, x in offsets]
+        crops += [cr[:, ::-1] for cr in crops]
+        return np.stack([normalize(np.ascontiguousarray(cr), self.mean, self.std) for cr in crops])
+
+    @classmethod
+    def from_config(cls, cfg) -> "TenCrop":
+        return cls(cfg.data.resize, cfg.data.crop, cfg.data.mean, cfg.data.std, cfg.data.resize_mode)

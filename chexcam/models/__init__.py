@@ -2,5 +2,6 @@
 
 from .backbone import DenseNetFeatures
 from .classifier import GapLinearClassifier
+from .small import SmallDenseNetFeatures  # noqa: F401  (registers densenet_small, densenet_tiny)
 
 __all__ = ["DenseNetFeatures", "GapLinearClassifier"]
