@@ -6,7 +6,7 @@ Knows nothing of paddle: inputs are numpy arrays (RGB uint8 images, float maps i
 from __future__ import annotations
 
 import math
-from typing import Optional, Sequence
+from typing import List, Optional, Sequence
 
 import cv2
 import numpy as np
@@ -31,19 +31,57 @@ def colorize(m: np.ndarray, colormap: str = "jet") -> np.ndarray:
     return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
 
 
+def resize_map(m: np.ndarray, size) -> np.ndarray:
+    """Resize a float map to ``size = (w, h)``; NaN (not covered) stays NaN and never bleeds into values.
+
+    The finite values are resized with their coverage and renormalised by it, so a border next to NaN
+    keeps its own values instead of being pulled towards 0.
+    """
+    w, h = size
+    m = np.asarray(m, dtype=np.float32)
+    if m.shape == (h, w):
+        return m
+    valid = np.isfinite(m)
+    interp = cv2.INTER_AREA if h < m.shape[0] or w < m.shape[1] else cv2.INTER_LINEAR
+    if valid.all():
+        return cv2.resize(m, (w, h), interpolation=interp)
+    vals = cv2.resize(np.where(valid, m, 0.0).astype(np.float32), (w, h), interpolation=interp)
+    cover = cv2.resize(valid.astype(np.float32), (w, h), interpolation=interp)
+    out = np.full((h, w), np.nan, np.float32)
+    ok = cover >= 0.5
+    out[ok] = vals[ok] / cover[ok]
+    return out
+
+
+def outside(image: np.ndarray, grey: int = 160, keep: float = 0.45) -> np.ndarray:
+    """How pixels a map does not cover are drawn: the image faded towards neutral grey, no colour.
+
+    A colormap's 0 (blue for ``jet``) would claim "no evidence here"; the truth is "not looked at".
+    """
+    return np.rint(image.astype(np.float32) * keep + grey * (1.0 - keep)).astype(np.uint8)
+
+
 def overlay(image: np.ndarray, m: np.ndarray, colormap: str = "jet", alpha: float = 0.4) -> np.ndarray:
-    """Blend a heatmap over an RGB uint8 image (the map is resized to the image when needed)."""
+    """Blend a heatmap over an RGB uint8 image (the map is resized to the image when needed).
+
+    NaN pixels of the map (outside the network's crop) show the image faded to grey (:func:`outside`).
+    """
+    if not 0.0 <= float(alpha) <= 1.0:
+        raise ValueError(f"alpha must be in [0, 1], got {alpha}")
     h, w = image.shape[:2]
-    if m.shape != (h, w):
-        m = cv2.resize(np.nan_to_num(m, nan=0.0).astype(np.float32), (w, h), interpolation=cv2.INTER_LINEAR)
+    m = resize_map(m, (w, h))
     heat = colorize(m, colormap)
-    return cv2.addWeighted(heat, float(alpha), image, 1.0 - float(alpha), 0.0)
+    out = cv2.addWeighted(heat, float(alpha), image, 1.0 - float(alpha), 0.0)
+    nan = ~np.isfinite(m)
+    if nan.any():
+        out[nan] = outside(image)[nan]
+    return out
 
 
-def draw_boxes(image: np.ndarray, boxes: Sequence[Sequence[float]], color=(0, 255, 0), thickness: int = 2):
-    """Draw ``(x1, y1, x2, y2)`` boxes on a copy of an RGB image."""
+def draw_boxes(image: np.ndarray, boxes: Sequence[Sequence[float]], color=(255, 255, 255), thickness: int = 2):
+    """Draw ``(x1, y1, x2, y2)`` pixel-edge boxes on a copy of an RGB image."""
     out = image.copy()
-    for x1, y1, x2, y2 in boxes:
+    for x1, y1, x2, y2 in (b[:4] for b in boxes):
         cv2.rectangle(out, (int(round(x1)), int(round(y1))), (int(round(x2)) - 1, int(round(y2)) - 1),
                       color, thickness)
     return out
@@ -94,13 +132,18 @@ def mosaic(
     tile: int = 256,
     boxes: Optional[Sequence[Sequence[Sequence[float]]]] = None,
     with_colorbar: bool = True,
+    order: Optional[Sequence[int]] = None,
 ) -> np.ndarray:
     """The original plus one labelled overlay per class, in a grid (3x5 for the 14 findings).
 
-    ``maps`` is ``[K, H, W]`` in [0, 1] at the image's resolution or any other (resized here);
-    ``boxes[k]`` are optional ``(x1, y1, x2, y2)`` boxes in the image's pixels.
+    ``maps`` is ``[K, H, W]`` in [0, 1] at the image's resolution or any other (resized here; NaN
+    marks pixels outside the network's crop); ``boxes[k]`` are optional ``(x1, y1, x2, y2)`` boxes in
+    the image's pixels; ``order`` lists the class indices in tile order (e.g. by probability).
     """
     k = len(maps)
+    if len(titles) != k:
+        raise ValueError(f"{len(titles)} titles for {k} maps")
+    order = list(range(k)) if order is None else list(order)
     if cols is None:
         cols = 5 if k + 1 > 4 else k + 1
     h, w = image.shape[:2]
@@ -108,18 +151,81 @@ def mosaic(
     size = (max(1, int(round(w * s))), max(1, int(round(h * s))))
     base = cv2.resize(image, size, interpolation=cv2.INTER_AREA)
     tiles = [label_tile(base, "Original")]
-    for i in range(k):
+    thick = max(1, tile // 128)
+    for i in order:
         t = overlay(base, maps[i], colormap, alpha)
         if boxes is not None and len(boxes[i]):
-            t = draw_boxes(t, [[v * s for v in b] for b in boxes[i]])
+            t = draw_boxes(t, [[v * s for v in b[:4]] for b in boxes[i]], thickness=thick)
         tiles.append(label_tile(t, titles[i]))
     sheet = grid(tiles, cols)
-    if with_colorbar:
-        bar = colorbar(sheet.shape[0] - 8, 20, colormap)
-        pad = np.full((sheet.shape[0], bar.shape[1] + 4, 3), 255, np.uint8)
-        pad[4:4 + bar.shape[0], :bar.shape[1]] = bar
-        sheet = np.concatenate([sheet, pad], axis=1)
-    return sheet
+    return add_colorbar(sheet, colormap) if with_colorbar else sheet
+
+
+def add_colorbar(sheet: np.ndarray, colormap: str = "jet") -> np.ndarray:
+    """Append a vertical colour bar to the right of a sheet."""
+    bar = colorbar(sheet.shape[0] - 8, 20, colormap)
+    pad = np.full((sheet.shape[0], bar.shape[1] + 4, 3), 255, np.uint8)
+    pad[4:4 + bar.shape[0], :bar.shape[1]] = bar
+    return np.concatenate([sheet, pad], axis=1)
+
+
+def fit_tile(image: np.ndarray, tile: int, fill: int = 255) -> np.ndarray:
+    """Letterbox an RGB image into a ``tile x tile`` square (aspect kept)."""
+    h, w = image.shape[:2]
+    s = tile / max(h, w)
+    nw, nh = max(1, int(round(w * s))), max(1, int(round(h * s)))
+    small = cv2.resize(image, (nw, nh), interpolation=cv2.INTER_AREA if s < 1 else cv2.INTER_LINEAR)
+    out = np.full((tile, tile, 3), fill, np.uint8)
+    y, x = (tile - nh) // 2, (tile - nw) // 2
+    out[y:y + nh, x:x + nw] = small
+    return out
+
+
+def cell_tiles(image: np.ndarray, m: np.ndarray, boxes: Sequence[Sequence[float]], tile: int = 128,
+               colormap: str = "jet", alpha: float = 0.4) -> List[np.ndarray]:
+    """The malaria article's three panels for one image and class: heatmap overlay, and the original
+    with the class's boxes (the original itself is the row's first tile)."""
+    heat = overlay(image, m, colormap, alpha)
+    thick = max(1, int(round(max(image.shape[:2]) / tile)))
+    boxed = draw_boxes(image, boxes, color=(0, 255, 0), thickness=thick)
+    return [fit_tile(heat, tile), fit_tile(boxed, tile)]
+
+
+def contact_sheet(rows: Sequence[Sequence[np.ndarray]], row_titles: Sequence[str], col_titles: Sequence[str],
+                  wrap: int = 8, colormap: Optional[str] = "jet", pad: int = 4) -> np.ndarray:
+    """Many images x chosen classes: one row of equal square tiles per image, a header of column titles.
+
+    Rows are written as labels on their first tile; more than ``wrap`` rows continue in a further block
+    to the right, so 16 cells make two blocks of eight.
+    """
+    if not rows:
+        raise ValueError("contact sheet needs at least one row")
+    t = rows[0][0].shape[0]
+    ncol = len(col_titles)
+    head = [label_tile(np.full((max(18, t // 6), t, 3), 255, np.uint8), c)[: max(18, t // 6)] for c in col_titles]
+    blocks = []
+    for start in range(0, len(rows), max(1, wrap)):
+        chunk = rows[start:start + wrap]
+        tiles = list(head)
+        for r, title in zip(chunk, row_titles[start:start + wrap]):
+            if len(r) != ncol:
+                raise ValueError(f"row with {len(r)} tiles for {ncol} columns")
+            tiles.extend([label_tile(r[0], title)] + list(r[1:]))
+        blocks.append(_rows_of(tiles, ncol, t, pad))
+    height = max(b.shape[0] for b in blocks)
+    blocks = [np.pad(b, ((0, height - b.shape[0]), (0, 0), (0, 0)), constant_values=255) for b in blocks]
+    sheet = np.concatenate(blocks, axis=1)
+    return add_colorbar(sheet, colormap) if colormap else sheet
+
+
+def _rows_of(tiles: Sequence[np.ndarray], cols: int, t: int, pad: int) -> np.ndarray:
+    """Like :func:`grid` but the first ``cols`` tiles (the header) may be shorter than the rest."""
+    header, body = tiles[:cols], tiles[cols:]
+    hh = header[0].shape[0]
+    top = np.full((hh + pad, cols * t + (cols + 1) * pad, 3), 255, np.uint8)
+    for c, h in enumerate(header):
+        top[pad:pad + hh, pad + c * (t + pad):pad + c * (t + pad) + t] = h
+    return np.concatenate([top, grid(body, cols, pad)], axis=0)
 
 
 def save_png(path: str, rgb: np.ndarray) -> None:

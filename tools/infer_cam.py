@@ -1,4 +1,7 @@
-"""Per-image CAM mosaics and JSON records for every class: ``-o infer.input=IMAGE|FOLDER|GLOB``."""
+"""Per-image CAM mosaics, JSON records (probabilities, decisions, boxes in original pixels) and optional maps.
+
+``-o infer.input=IMAGE|FOLDER|GLOB|LIST.csv|split:test``; outputs in ``output_dir/infer.subdir``.
+"""
 
 import sys
 

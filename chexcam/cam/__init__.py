@@ -8,8 +8,10 @@ import numpy as np
 from paddle import nn
 
 from ..registry import CAM_METHODS
-from .base import BaseCAM, capture_output, eval_mode, normalize_maps
+from .base import BaseCAM, GradBaseCAM, capture_output, eval_mode, normalize_maps
 from .cam import CAM
+from .gradcam import GradCAM
+from .gradcampp import GradCAMPlusPlus
 
 
 def list_cam_methods():
@@ -30,7 +32,8 @@ def explain(
     """Probabilities and class maps for a preprocessed batch, all classes in one pass.
 
     Args:
-        model: a chexcam model (or any Layer, for gradient methods with ``layer`` given).
+        model: a chexcam model, or any Layer returning logits ``[B, K]`` (for the gradient methods
+            ``gradcam``/``gradcampp``, which also work without a GAP + Linear head, with ``layer`` given).
         x: ``[B, 3, H, W]`` float32 numpy array or paddle tensor, already normalized.
         method: a registered CAM method (``list_cam_methods()``).
         classes: ``None`` for all classes, or indices / label names.
@@ -46,4 +49,4 @@ def explain(
     return cam(x, classes=classes, normalize=normalize, upsample=upsample, relu=relu)
 
 
-__all__ = ["BaseCAM", "CAM", "explain", "list_cam_methods", "capture_output", "eval_mode", "normalize_maps"]
+__all__ = ["BaseCAM", "GradBaseCAM", "CAM", "GradCAM", "GradCAMPlusPlus", "explain", "list_cam_methods", "capture_output", "eval_mode", "normalize_maps"]

@@ -151,13 +151,23 @@ class BaseCAM:
         """Logits ``[B, K]`` and raw maps ``[B, K', h, w]`` (model already in eval mode)."""
         with capture_output(self.layer, detach=not self.needs_grad) as store:
             if self.needs_grad:
+                # a graph from the input on, even when every parameter is frozen
+                x = x.detach()
+                x.stop_gradient = False
                 logits = self.model(x)
             else:
                 with paddle.no_grad():
                     logits = self.model(x)
         if "output" not in store:
             raise ChexcamError(f"layer '{self.layer_name}' did not run in the model's forward pass")
-        return logits, self.class_maps(store["output"], logits, classes)
+        feats = store["output"]
+        if not isinstance(feats, paddle.Tensor) or feats.ndim != 4:
+            shape = list(feats.shape) if isinstance(feats, paddle.Tensor) else type(feats).__name__
+            raise ChexcamError(f"layer '{self.layer_name}' outputs {shape}, not a [B, C, h, w] feature map; "
+                               "pass layer='<name of a conv layer>'")
+        if logits.ndim != 2:
+            raise ChexcamError(f"the model returns shape {list(logits.shape)}; CAM methods need logits [B, K]")
+        return logits, self.class_maps(feats, logits, classes)
 
     def __call__(
         self,
@@ -188,3 +198,34 @@ class BaseCAM:
         maps = normalize_maps(maps, mode)
         probs = F.sigmoid(logits.detach())
         return probs.numpy().astype(np.float32), maps.numpy().astype(np.float32)
+
+
+class GradBaseCAM(BaseCAM):
+    """Base of the gradient methods: one backward pass per selected class, channel weights from gradients.
+
+    The target of class ``c`` is its own logit ``y^c = z_c`` (the input of its own sigmoid,
+    ``p_c = sigmoid(z_c)``): with one sigmoid per finding no softmax couples the classes, and the
+    gradient of ``p_c`` would only rescale every weight of an image by the positive ``sigmoid'(z_c)``.
+    The images of a batch are independent in eval mode, so the gradient of ``sum_b y_b^c`` gives every
+    image's own gradient; the classes are looped over, re-using one forward graph. Gradients are taken
+    with ``paddle.grad`` and are never accumulated on parameters. Works on any layer with a
+    ``[B, C, h, w]`` output, whatever follows it (GAP + Linear or flatten + dense layers).
+    """
+
+    needs_grad = True
+
+    def channel_weights(self, feats: paddle.Tensor, grads: paddle.Tensor) -> paddle.Tensor:
+        """``[B, C]`` weights of the feature channels from ``feats`` and ``grads`` (both ``[B, C, h, w]``)."""
+        raise NotImplementedError
+
+    def class_maps(self, feats: paddle.Tensor, logits: paddle.Tensor, classes: List[int]) -> paddle.Tensor:
+        out = []
+        fd = feats.detach()
+        for i, c in enumerate(classes):
+            (grads,) = paddle.grad(logits[:, c].sum(), feats, retain_graph=i < len(classes) - 1,
+                                   allow_unused=True)
+            if grads is None:
+                raise ChexcamError(f"class {c} does not depend on layer '{self.layer_name}'")
+            w = self.channel_weights(fd, grads.detach())
+            out.append(paddle.einsum("bchw,bc->bhw", fd, w))
+        return paddle.stack(out, axis=1)

@@ -1,0 +1,113 @@
+"""Boxes from class maps: fixed-size boxes around peaks, or one box per thresholded region.
+
+Maps are ``[H, W]`` float arrays in any frame (network input or original image); NaN marks pixels the
+map does not cover (outside a centre crop) and never yields a peak or a region. Boxes are
+``(x1, y1, x2, y2)`` in continuous pixel-edge coordinates of that frame (pixel ``i`` spans
+``[i, i + 1)``), the convention of :class:`chexcam.data.transforms.Geometry` and of NIH's
+``BBox_List_2017.csv`` after ``x2 = x + w``.
+"""
+
+from __future__ import annotations
+
+from typing import Tuple
+
+import numpy as np
+
+from .errors import ChexcamError
+
+BOX_MODES = ("regions", "peaks")
+#: A map whose finite range is below this has no peak and no region (a constant map says nothing).
+EPS = 1e-7
+
+
+def _finite(m: np.ndarray) -> Tuple[np.ndarray, float, float]:
+    """``m`` with NaN replaced by its finite minimum, and that minimum and maximum."""
+    m = np.asarray(m)
+    if m.ndim != 2:
+        raise ChexcamError(f"expected a 2-D map [H, W], got shape {list(m.shape)}")
+    if not np.issubdtype(m.dtype, np.floating):
+        m = m.astype(np.float32)
+    valid = np.isfinite(m)
+    if valid.all():
+        return m, float(m.min()), float(m.max())
+    if not valid.any():
+        return np.zeros(m.shape, np.float32), 0.0, 0.0
+    lo = float(np.where(valid, m, np.inf).min())
+    filled = np.where(valid, m, lo).astype(m.dtype)
+    return filled, lo, float(filled.max())
+
+
+def region_boxes(m: np.ndarray, threshold: float = 0.5, max_boxes: int = 3) -> Tuple[np.ndarray, np.ndarray]:
+    """One box per connected region of ``m >= threshold * max(m)``, largest region first.
+
+    As in the CAM paper (Zhou et al. 2016: 20% of the max) and Wang et al. 2017. 8-connectivity.
+
+    Returns:
+        ``boxes [N, 4]`` (x1, y1, x2, y2) and ``scores [N]`` (each region's peak value), N <= max_boxes.
+    """
+    from skimage import measure
+
+    m = np.asarray(m)
+    if m.ndim != 2:
+        raise ChexcamError(f"expected a 2-D map [H, W], got shape {list(m.shape)}")
+    lo, hi = float(np.fmin.reduce(m, axis=None)), float(np.fmax.reduce(m, axis=None))  # NaN skipped
+    empty = np.zeros((0, 4)), np.zeros((0,))
+    if not hi > 0 or not hi - lo >= EPS or max_boxes < 1:
+        return empty
+    mask = m >= threshold * hi  # NaN compares False
+    labels = measure.label(mask, connectivity=2)
+    props = measure.regionprops(labels, intensity_image=m)
+    props.sort(key=lambda r: (-r.area, -r.intensity_max, r.bbox))
+    props = props[:max_boxes]
+    boxes = np.array([[r.bbox[1], r.bbox[0], r.bbox[3], r.bbox[2]] for r in props], dtype=np.float64)
+    scores = np.array([r.intensity_max for r in props], dtype=np.float64)
+    return (boxes.reshape(-1, 4), scores) if len(props) else empty
+
+
+def peak_boxes(m: np.ndarray, num_peaks: int = 3, min_distance: int = 1, threshold_rel: float = 0.5,
+               box_size: Tuple[float, float] = (12.0, 12.0)) -> Tuple[np.ndarray, np.ndarray]:
+    """A ``box_size = (width, height)`` box centred on each of the strongest local maxima of ``m``.
+
+    Peaks come from ``skimage.feature.peak_local_max(num_peaks, min_distance, threshold_rel)``, the
+    malaria localization recipe (up to 3 peaks, 12x12 boxes on 64x64 cells). Boxes are clipped to the map.
+
+    Returns:
+        ``boxes [N, 4]`` and ``scores [N]`` (peak values), strongest first.
+    """
+    from skimage.feature import peak_local_max
+
+    filled, lo, hi = _finite(m)
+    empty = np.zeros((0, 4)), np.zeros((0,))
+    if hi - lo < EPS or num_peaks < 1:
+        return empty
+    # shift so the weakest finite value is 0: threshold_rel is then relative to the map's own range
+    peaks = peak_local_max(filled - lo, min_distance=max(1, int(min_distance)), threshold_rel=threshold_rel,
+                           num_peaks=int(num_peaks), exclude_border=False)
+    h, w = filled.shape
+    bw, bh = float(box_size[0]), float(box_size[1])
+    boxes, scores = [], []
+    for r, c in peaks:
+        cx, cy = c + 0.5, r + 0.5
+        boxes.append([max(cx - bw / 2, 0.0), max(cy - bh / 2, 0.0), min(cx + bw / 2, w), min(cy + bh / 2, h)])
+        scores.append(filled[r, c])
+    if not boxes:
+        return empty
+    return np.asarray(boxes, dtype=np.float64), np.asarray(scores, dtype=np.float64)
+
+
+def peak_point(m: np.ndarray) -> Tuple[float, float]:
+    """``(x, y)`` centre of the map's maximum pixel (first in row-major order), NaN ignored."""
+    filled, _, _ = _finite(m)
+    r, c = np.unravel_index(int(np.argmax(filled)), filled.shape)
+    return float(c) + 0.5, float(r) + 0.5
+
+
+def boxes_from_map(m: np.ndarray, mode: str = "regions", max_boxes: int = 3, threshold: float = 0.5,
+                   min_distance: int = 1, threshold_rel: float = 0.5,
+                   box_size: Tuple[float, float] = (12.0, 12.0)) -> Tuple[np.ndarray, np.ndarray]:
+    """:func:`region_boxes` or :func:`peak_boxes` by ``mode`` (``regions`` | ``peaks``)."""
+    if mode == "regions":
+        return region_boxes(m, threshold, max_boxes)
+    if mode == "peaks":
+        return peak_boxes(m, max_boxes, min_distance, threshold_rel, box_size)
+    raise ChexcamError(f"unknown box mode '{mode}'; expected one of {', '.join(BOX_MODES)}")
