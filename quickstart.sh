@@ -43,11 +43,19 @@ case "$what" in
     start=$(date +%s)
     "$py" tools/train.py -c configs/malaria.yaml -o output_dir="$out" "$@"
     "$py" tools/eval.py -c configs/malaria.yaml -o output_dir="$out" "$@"
-    # --- CAM mosaic step (CAM rendering issue): render held-out cells with $out/best.pdparams here ---
+    # CAMs of the held-out cells with the best checkpoint: per-cell mosaics + JSON records (probability,
+    # decision, peak boxes in the cell's own pixels), and a contact sheet of 16 parasitized cells
+    # (original / heatmap / peak boxes, the three columns of the malaria localization article).
+    "$py" tools/infer_cam.py -c configs/malaria.yaml -o output_dir="$out" -o model.weights="$out/best.pdparams" \
+      -o infer.input=split:test "$@"
+    "$py" tools/render_mosaic.py -c configs/malaria.yaml -o output_dir="$out" -o model.weights="$out/best.pdparams" \
+      -o infer.input=split:test --classes Parasitized --truth positive --limit 16 "$@"
     echo "demo finished in $(( $(date +%s) - start )) s. Outputs in $out/:"
     echo "  best.pdparams, last.pdparams  checkpoints (weights + resolved config)"
     echo "  report.md, metrics.json       held-out metrics; roc.png, confusion.png plots"
     echo "  history.jsonl, train.log      per-epoch validation metrics and the training log"
+    echo "  cam/*_cam.png, cam/*.json     CAM mosaic and record per held-out cell"
+    echo "  cam/contact_sheet.png         16 held-out parasitized cells: original / CAM / peak boxes"
     ;;
   test)
     exec "$py" -m pytest -q "$@"

@@ -10,6 +10,16 @@ from chexcam.cam.base import normalize_maps
 from .conftest import CONFIGS
 
 
+@pytest.fixture(autouse=True, params=["fast", "dynamic"])
+def cam_path(request):
+    """Every test runs on both paths of explain: the cached predictor (CPU default) and the dynamic graph."""
+    from chexcam.inference import set_fast_cam
+
+    set_fast_cam(request.param == "fast")
+    yield request.param
+    set_fast_cam(None)
+
+
 def _logits(probs):
     p = probs.astype(np.float64)
     return np.log(p) - np.log1p(-p)

@@ -48,7 +48,7 @@ def test_gradcam_on_last_layer_equals_cam_up_to_positive_scale(model_name, tiny,
     p1, cam = chexcam.explain(model, x, normalize=False, upsample=False)
     p2, gc = chexcam.explain(model, x, method="gradcam", normalize=False, upsample=False)
     z = cam.shape[2] * cam.shape[3]
-    np.testing.assert_array_equal(p1, p2)
+    np.testing.assert_allclose(p1, p2, atol=1e-6, rtol=0)  # cam may run on the exported graph (CPU)
     scale = (gc * cam).sum(axis=(0, 2, 3)) / (cam * cam).sum(axis=(0, 2, 3))  # least squares per class
     assert (scale > 0).all()
     np.testing.assert_allclose(scale, 1.0 / z, rtol=1e-4)
