@@ -124,7 +124,7 @@ def paddle_rows(args, x, rows):
     rows["chexcam forward (dynamic graph)"] = forward
     rows["chexcam.explain 14 CAMs up+norm (default)"] = lambda: chexcam.explain(model, x)
     rows["  explain, fast path off (dynamic graph)"] = explain_dynamic
-    if inference.fast_explain(model, x) is not None:  # what explain runs on CPU once the hook is wired
+    if inference.fast_explain(model, x) is not None:  # the path explain takes on CPU, called directly
         rows["  fast_explain (PI + 14 CAMs up+norm)"] = lambda: inference.fast_explain(model, x)
 
     tmp = tempfile.mkdtemp(prefix="chexcam-bench-")

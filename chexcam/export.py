@@ -74,7 +74,7 @@ def find_program(model_dir: str) -> Optional[str]:
 
 
 def export_model(model: nn.Layer, out_dir: str, output: str = "probs", labels: Optional[Sequence[str]] = None,
-                 meta: Optional[Dict[str, Any]] = None) -> Dict[str, str]:
+                 meta: Optional[Dict[str, Any]] = None, quiet: bool = False) -> Dict[str, str]:
     """Trace ``model`` + CAM into ``out_dir`` (``model.json``/``model.pdiparams`` + ``chexcam_export.json``).
 
     The model is deep-copied first, so tracing never leaves anything on the caller's Layer. Files are
@@ -86,6 +86,7 @@ def export_model(model: nn.Layer, out_dir: str, output: str = "probs", labels: O
         output: ``"probs"`` (sigmoid applied in the graph) or ``"logits"``.
         labels: class names stored in the metadata (default ``model.labels``).
         meta: extra JSON-able entries for ``chexcam_export.json`` (e.g. preprocessing).
+        quiet: log at DEBUG instead of INFO (the internal cache of the fast CAM path).
 
     Returns:
         ``{"program": ..., "params": ..., "meta": ...}`` paths.
@@ -128,7 +129,8 @@ def export_model(model: nn.Layer, out_dir: str, output: str = "probs", labels: O
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     program = find_program(out_dir)
-    logger.info("exported %s + CAM (%s, maps) to %s", type(model).__name__, output, out_dir)
+    logger.log(logging.DEBUG if quiet else logging.INFO, "exported %s + CAM (%s, maps) to %s",
+               type(model).__name__, output, out_dir)
     return {"program": program, "params": os.path.join(out_dir, PARAMS_FILE),
             "meta": os.path.join(out_dir, META_FILE)}
 

@@ -287,7 +287,7 @@ def cached_export(model: nn.Layer, output: str = "logits", fingerprint: Optional
         tmp = os.path.join(folder, f".{key}.tmp{os.getpid()}.{threading.get_ident()}")
         shutil.rmtree(tmp, ignore_errors=True)
         try:
-            export_model(model, tmp, output=output, meta={"fingerprint": fp})
+            export_model(model, tmp, output=output, meta={"fingerprint": fp}, quiet=True)
             try:
                 os.replace(tmp, target)
             except OSError:  # another process won the race and its export is identical
@@ -295,6 +295,7 @@ def cached_export(model: nn.Layer, output: str = "logits", fingerprint: Optional
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
         _prune(folder, CACHE_KEEP)
+        logger.info("model + CAM graph exported for Paddle Inference (cached in %s)", target)
     os.utime(target)
     return target
 
