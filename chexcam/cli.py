@@ -47,8 +47,9 @@ def run_tool(
         code = main(cfg, args)
         return int(code or 0)
     except ChexcamError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        # the tool's own one-line verdict on stderr, written before any logging may be set up
+        sys.stderr.write(f"error: {exc}\n")
         return exc.exit_code
     except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
+        sys.stderr.write("interrupted\n")
         return 130

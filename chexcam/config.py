@@ -19,6 +19,7 @@ import yaml
 
 from .errors import ConfigError
 from .labels import CHESTXRAY14_LABELS, IMAGENET_MEAN, IMAGENET_STD
+from .utils import atomic_path
 
 
 @dataclass
@@ -378,13 +379,12 @@ def validate(cfg: Config, where: str = "config") -> None:
             f"key 'data.crop' in {where} ({cfg.data.crop}) must not exceed data.resize ({cfg.data.resize})"
         )
     for key, val in (("train.epochs", cfg.train.epochs), ("train.batch_size", cfg.train.batch_size),
-                     ("eval.batch_size", cfg.eval.batch_size), ("infer.batch_size", cfg.infer.batch_size)):
+                     ("eval.batch_size", cfg.eval.batch_size), ("infer.batch_size", cfg.infer.batch_size),
+                     ("train.log_interval", cfg.train.log_interval)):
         if val < 1:
             raise ConfigError(f"key '{key}' in {where} must be >= 1, got {val}")
     if not 0.0 < cfg.eval.ci < 1.0:
         raise ConfigError(f"key 'eval.ci' in {where} must be between 0 and 1, got {cfg.eval.ci}")
-    if cfg.export.cpu_threads < 0:
-        raise ConfigError(f"key 'export.cpu_threads' in {where} must be >= 0 (0: all cores), got {cfg.export.cpu_threads}")
     if not 0.0 < cfg.data.val_fraction < 1.0 or not 0.0 <= cfg.data.test_fraction < 1.0 \
             or cfg.data.val_fraction + cfg.data.test_fraction >= 1.0:
         raise ConfigError(
@@ -393,13 +393,12 @@ def validate(cfg: Config, where: str = "config") -> None:
         )
     for key, val in (("data.num_workers", cfg.data.num_workers), ("train.early_stop_patience",
                      cfg.train.early_stop_patience), ("train.max_steps_per_epoch", cfg.train.max_steps_per_epoch),
-                     ("eval.bootstrap", cfg.eval.bootstrap), ("train.plateau_patience", cfg.train.plateau_patience)):
+                     ("eval.bootstrap", cfg.eval.bootstrap), ("train.plateau_patience", cfg.train.plateau_patience),
+                     ("export.cpu_threads", cfg.export.cpu_threads)):
         if val < 0:
             raise ConfigError(f"key '{key}' in {where} must be >= 0, got {val}")
     if not 0.0 <= cfg.data.color_jitter < 1.0:
         raise ConfigError(f"key 'data.color_jitter' in {where} must be in [0, 1), got {cfg.data.color_jitter}")
-    if cfg.train.log_interval < 1:
-        raise ConfigError(f"key 'train.log_interval' in {where} must be >= 1, got {cfg.train.log_interval}")
     if not cfg.train.lr > 0 or not 0.0 < cfg.train.plateau_factor < 1.0:
         raise ConfigError(f"keys 'train.lr' ({cfg.train.lr}) and 'train.plateau_factor' "
                           f"({cfg.train.plateau_factor}) in {where} must be > 0 and in (0, 1)")
@@ -421,10 +420,7 @@ def config_from_dict(data: Dict[str, Any], where: str = "a checkpoint") -> Confi
 
 def save_config(cfg: Config, path: str) -> str:
     """Write the resolved config as YAML (next to every output); returns the path."""
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    tmp = path + ".tmp"
-    with open(tmp, "w", encoding="utf-8") as fh:
+    with atomic_path(path) as tmp, open(tmp, "w", encoding="utf-8") as fh:
         fh.write(f"# resolved chexcam config (from {cfg.source or 'defaults'})\n")
         yaml.safe_dump(config_to_dict(cfg), fh, sort_keys=False)
-    os.replace(tmp, path)
     return path

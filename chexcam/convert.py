@@ -33,6 +33,7 @@ from typing import Any, Dict, List, Optional, Tuple
 import numpy as np
 
 from .errors import WeightsError
+from .utils import atomic_path
 
 logger = logging.getLogger(__name__)
 
@@ -414,10 +415,8 @@ def convert_file(src: str, out: str, fmt: str = "auto", model_name: Optional[str
     report["output"] = os.path.abspath(out)
     report["output_sha256"] = sha256_of(out)
     report_path = report_path or os.path.splitext(out)[0] + ".convert.json"
-    tmp = f"{report_path}.tmp{os.getpid()}"
-    with open(tmp, "w", encoding="utf-8") as fh:
+    with atomic_path(report_path) as tmp, open(tmp, "w", encoding="utf-8") as fh:
         json.dump(report, fh, indent=1)
-    os.replace(tmp, report_path)
     report["report"] = os.path.abspath(report_path)
     logger.info("converted %s (%s, %d tensors, %d classes) -> %s; report %s", src, report["source_format"],
                 report["tensors"], report["num_classes"], out, report_path)

@@ -24,7 +24,6 @@ import shutil
 import tempfile
 import threading
 import weakref
-import zlib
 from typing import Any, Callable, Dict, Optional, Sequence, Tuple, Union
 
 import cv2
@@ -34,6 +33,8 @@ from paddle import nn
 
 from .errors import ChexcamError, ConfigError
 from .export import PARAMS_FILE, export_model, find_program, read_meta
+from .utils import has_gpu
+from .weights import structure_signature, weights_fingerprint  # noqa: F401  (public here too)
 
 logger = logging.getLogger(__name__)
 
@@ -65,10 +66,6 @@ def cpu_has_bf16() -> bool:
     except OSError:
         return False
     return bool(flags & {"avx512_bf16", "amx_bf16"})
-
-
-def has_gpu() -> bool:
-    return paddle.device.is_compiled_with_cuda() and paddle.device.cuda.device_count() > 0
 
 
 # ---------------------------------------------------------------------------------------------
@@ -172,15 +169,6 @@ class PredictorExplainer:
         return first, maps
 
 
-def _mode(normalize: Union[bool, str]) -> str:
-    from .cam.base import NORMALIZE_MODES
-
-    mode = {True: "minmax", False: "none"}[normalize] if isinstance(normalize, bool) else normalize
-    if mode not in NORMALIZE_MODES:
-        raise ChexcamError(f"unknown normalization '{mode}'; expected one of {', '.join(NORMALIZE_MODES)}")
-    return mode
-
-
 def postprocess(maps, size: Optional[Tuple[int, int]], normalize: Union[bool, str] = True,
                 relu: bool = False) -> np.ndarray:
     """ReLU, bilinear upsampling to ``size`` (``None``: keep) and normalization of ``[B, K, h, w]`` raw maps.
@@ -190,10 +178,11 @@ def postprocess(maps, size: Optional[Tuple[int, int]], normalize: Union[bool, st
     and in-place numpy: about 10x faster than the paddle ops on 14 maps x 16 images at 224 px, equal to
     them within 1e-6.
     """
-    from .cam.base import EPS
+    from .cam.base import normalize_maps_np, normalize_mode
 
-    mode = _mode(normalize)
+    mode = normalize_mode(normalize)
     m = np.asarray(maps.numpy() if isinstance(maps, paddle.Tensor) else maps, dtype=np.float32)
+    owned = relu  # whether m is already a new array that may be overwritten
     if relu:
         m = np.maximum(m, 0.0)
     b, k, h, w = m.shape
@@ -203,20 +192,10 @@ def postprocess(maps, size: Optional[Tuple[int, int]], normalize: Union[bool, st
         up = np.empty((b * k, out_h, out_w), dtype=np.float32)
         for i in range(b * k):
             cv2.resize(flat[i], (out_w, out_h), dst=up[i], interpolation=cv2.INTER_LINEAR)
-        m = up.reshape(b, k, out_h, out_w)
-    elif not relu:
-        m = m.copy()
+        m, owned = up.reshape(b, k, out_h, out_w), True
     if mode == "none":
-        return m
-    axes = (2, 3) if mode == "minmax" else (1, 2, 3)
-    lo = m.min(axis=axes, keepdims=True)
-    rng = m.max(axis=axes, keepdims=True) - lo
-    flat_maps = rng <= EPS
-    m -= lo
-    m /= np.where(flat_maps, np.float32(1.0), rng)
-    if flat_maps.any():
-        m *= ~flat_maps
-    return m
+        return m if owned else m.copy()
+    return normalize_maps_np(m, mode, inplace=owned)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -235,36 +214,6 @@ def cache_root() -> str:
     root = os.path.join(tempfile.gettempdir(), f"chexcam-{os.getuid() if hasattr(os, 'getuid') else 'user'}")
     os.makedirs(root, exist_ok=True)
     return root
-
-
-def structure_signature(model: nn.Layer) -> Tuple:
-    """The parts of a model that shape its graph but not its parameters (layer types, output stride...)."""
-    return (type(model).__module__, type(model).__qualname__, getattr(model, "cam_layer", None),
-            int(getattr(model, "output_stride", 0) or 0),
-            tuple((name, type(layer).__name__) for name, layer in model.named_sublayers()))
-
-
-def _raw_view(t: paddle.Tensor) -> np.ndarray:
-    try:
-        return np.from_dlpack(t.detach())  # zero-copy on CPU
-    except Exception:
-        return np.ascontiguousarray(t.numpy())
-
-
-def weights_fingerprint(model: nn.Layer) -> str:
-    """Hex digest of the model's structure and the exact bytes of every parameter and buffer.
-
-    CRC32 per tensor (zlib's SIMD implementation, ~3 GB/s) over zero-copy views, then one sha256 of
-    the names, shapes, dtypes and CRCs: any change of a value changes it (barring a 2**-32 CRC collision
-    of that tensor).
-    """
-    h = hashlib.sha256(repr(structure_signature(model)).encode())
-    for name, t in model.state_dict().items():
-        arr = _raw_view(t)
-        if not arr.flags.c_contiguous:
-            arr = np.ascontiguousarray(arr)
-        h.update(f"{name}|{arr.shape}|{arr.dtype}|{zlib.crc32(arr) if arr.size else 0}\n".encode())
-    return h.hexdigest()
 
 
 def _prune(folder: str, keep: int) -> None:
@@ -354,16 +303,14 @@ def _ineligible(model: nn.Layer, x, layer: Optional[str], check_training: bool =
 
 def _verify(model: nn.Layer, explainer: PredictorExplainer) -> Optional[str]:
     """Compare the exported graph with the dynamic graph on a small input; the reason if they differ."""
-    from .cam.base import capture_output, eval_mode, find_layer
+    from .cam.cam import CAM
 
     x = np.random.default_rng(0).standard_normal((1, 3, 64, 64)).astype(np.float32)
-    with eval_mode(model), capture_output(find_layer(model, model.cam_layer)) as store, paddle.no_grad():
-        logits = model(paddle.to_tensor(x)).numpy()
-    feats = store["output"].numpy()
-    maps = np.einsum("bchw,ck->bkhw", feats, model.head.weight.numpy())
+    probs, maps = CAM(model)(x, normalize=False, upsample=False)  # the dynamic graph, hooks and all
     got_logits, got_maps = explainer.run(x)
-    scale = max(float(np.abs(maps).max()), float(np.abs(logits).max()), 1e-6)
-    err = max(float(np.abs(got_logits - logits).max()), float(np.abs(got_maps - maps).max())) / scale
+    got_probs = 1.0 / (1.0 + np.exp(-got_logits.astype(np.float64)))
+    err = max(float(np.abs(got_probs - probs).max()),
+              float(np.abs(got_maps - maps).max()) / max(float(np.abs(maps).max()), 1e-6))
     return None if err < 1e-4 else f"exported graph differs from the dynamic graph (relative error {err:.1e})"
 
 
@@ -441,14 +388,14 @@ def fast_explain(model: nn.Layer, x, method: str = "cam", classes=None, normaliz
     the dynamic graph must answer instead: another method or layer, hooks on the model, fast path off
     (``CHEXCAM_FAST_CAM=0``), or arguments the dynamic path will reject with its usual error.
     """
-    from .cam.base import resolve_classes
+    from .cam.base import normalize_mode, resolve_classes
 
     if method != "cam" or not isinstance(x, (np.ndarray, paddle.Tensor)) or x.ndim != 4 or x.shape[1] != 3:
         return None
     if isinstance(x, np.ndarray) and x.dtype != np.float32 or isinstance(x, paddle.Tensor) and x.dtype != paddle.float32:
         return None
     try:
-        mode = _mode(normalize)
+        mode = normalize_mode(normalize)
         idx = resolve_classes(classes, int(model.head.weight.shape[1]), getattr(model, "labels", None))
     except (ChexcamError, AttributeError):
         return None  # the dynamic path raises the proper error

@@ -1,25 +1,38 @@
-"""Device selection, seeding and logging set-up shared by the engine and the tools."""
+"""Device selection, seeding, atomic file writes and logging set-up shared by the library and the tools.
+
+Imports paddle only inside the functions that need it, so config handling stays paddle-free.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import random
+from typing import Iterator
 
 import numpy as np
-import paddle
 
 from .errors import ConfigError
 
 logger = logging.getLogger(__name__)
 
 
+def has_gpu() -> bool:
+    """Whether paddle was built with CUDA and sees a GPU."""
+    import paddle
+
+    return paddle.device.is_compiled_with_cuda() and paddle.device.cuda.device_count() > 0
+
+
 def set_device(device: str = "auto") -> str:
     """Select ``cpu`` / ``gpu`` (``auto``: GPU when paddle was built with CUDA and one is visible)."""
-    has_gpu = paddle.device.is_compiled_with_cuda() and paddle.device.cuda.device_count() > 0
+    import paddle
+
+    gpu = has_gpu()
     if device == "auto":
-        device = "gpu" if has_gpu else "cpu"
-    if device == "gpu" and not has_gpu:
+        device = "gpu" if gpu else "cpu"
+    if device == "gpu" and not gpu:
         raise ConfigError("device 'gpu' requested but this paddle has no CUDA device; use -o device=cpu")
     paddle.set_device(device)
     return device
@@ -27,10 +40,32 @@ def set_device(device: str = "auto") -> str:
 
 def seed_everything(seed: int) -> None:
     """Seed python, numpy and paddle (CPU runs are then bit-for-bit repeatable)."""
+    import paddle
+
     random.seed(seed)
     np.random.seed(seed)
     paddle.seed(seed)
     os.environ.setdefault("FLAGS_cudnn_deterministic", "1")
+
+
+@contextlib.contextmanager
+def atomic_path(path: str, fsync: bool = False) -> Iterator[str]:
+    """Yield a temporary path beside ``path`` to write; on success it replaces ``path`` in one rename.
+
+    A crash or an exception never leaves a truncated ``path`` (the temporary file is removed); ``fsync``
+    flushes the file to disk before the rename (checkpoints).
+    """
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    tmp = f"{path}.tmp{os.getpid()}"
+    try:
+        yield tmp
+        if fsync:
+            with open(tmp, "rb") as fh:
+                os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
 
 
 def setup_logging(level: int = logging.INFO, log_file: str | None = None) -> None:

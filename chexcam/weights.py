@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
-from typing import Any, Dict, Optional
+import zlib
+from typing import Any, Dict, Optional, Tuple
 
+import numpy as np
 import paddle
 from paddle import nn
 
 from .errors import WeightsError
+from .utils import atomic_path
 
 logger = logging.getLogger(__name__)
 
@@ -66,16 +70,8 @@ def load_weights(model: nn.Layer, path: str, strict: bool = True) -> Dict[str, A
 
 def save_atomic(obj: Any, path: str) -> str:
     """``paddle.save`` to a temporary file, then rename: a crash never leaves a truncated checkpoint."""
-    os.makedirs(os.path.dirname(os.path.abspath(path)) or ".", exist_ok=True)
-    tmp = f"{path}.tmp{os.getpid()}"
-    try:
+    with atomic_path(path, fsync=True) as tmp:
         paddle.save(obj, tmp)
-        with open(tmp, "rb") as fh:
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
     return path
 
 
@@ -83,3 +79,33 @@ def checkpoint_config(ckpt: Dict[str, Any]) -> Optional[Dict[str, Any]]:
     """The resolved config stored inside a checkpoint, if any."""
     cfg = ckpt.get("config")
     return cfg if isinstance(cfg, dict) else None
+
+
+def structure_signature(model: nn.Layer) -> Tuple:
+    """The parts of a model that shape its graph but not its parameters (layer types, output stride...)."""
+    return (type(model).__module__, type(model).__qualname__, getattr(model, "cam_layer", None),
+            int(getattr(model, "output_stride", 0) or 0),
+            tuple((name, type(layer).__name__) for name, layer in model.named_sublayers()))
+
+
+def _raw_view(t: paddle.Tensor) -> np.ndarray:
+    try:
+        return np.from_dlpack(t.detach())  # zero-copy on CPU
+    except Exception:
+        return np.ascontiguousarray(t.numpy())
+
+
+def weights_fingerprint(model: nn.Layer) -> str:
+    """Hex digest of the model's structure and the exact bytes of every parameter and buffer.
+
+    CRC32 per tensor (zlib's SIMD implementation, ~3 GB/s) over zero-copy views, then one sha256 of
+    the names, shapes, dtypes and CRCs: any change of a value changes it (barring a 2**-32 CRC collision
+    of that tensor).
+    """
+    h = hashlib.sha256(repr(structure_signature(model)).encode())
+    for name, t in model.state_dict().items():
+        arr = _raw_view(t)
+        if not arr.flags.c_contiguous:
+            arr = np.ascontiguousarray(arr)
+        h.update(f"{name}|{arr.shape}|{arr.dtype}|{zlib.crc32(arr) if arr.size else 0}\n".encode())
+    return h.hexdigest()

@@ -19,6 +19,7 @@ import numpy as np
 from tqdm import tqdm
 
 from ..errors import BadImageError, DataError
+from ..utils import atomic_path
 from .io import read_image
 from .samples import SPLITS
 from .transforms import resize_for
@@ -46,14 +47,11 @@ def write_cached(src: str, dst: str, size: int, mode: str) -> None:
         out = small[..., 0]
     else:
         out = cv2.cvtColor(small, cv2.COLOR_RGB2BGR)
-    os.makedirs(os.path.dirname(dst), exist_ok=True)
     ok, buf = cv2.imencode(".png", out, [cv2.IMWRITE_PNG_COMPRESSION, 1])
     if not ok:
         raise DataError(f"cannot encode cache entry for {src}")
-    tmp = f"{dst}.tmp{os.getpid()}"
-    with open(tmp, "wb") as fh:
+    with atomic_path(dst) as tmp, open(tmp, "wb") as fh:
         fh.write(buf.tobytes())
-    os.replace(tmp, dst)
 
 
 def prepare_cache(cfg, splits=SPLITS) -> Dict[str, int]:

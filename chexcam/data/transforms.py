@@ -8,7 +8,7 @@ pixel coordinates (the coordinates of NIH's ``BBox_List_2017.csv`` for a 1024x10
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Sequence, Tuple
+from typing import List, Sequence, Tuple
 
 import cv2
 import numpy as np
@@ -79,12 +79,14 @@ def normalize(img: np.ndarray, mean: Sequence[float], std: Sequence[float]) -> n
 class EvalTransform:
     """Resize the shorter side to ``resize``, centre-crop ``crop``, normalize; keep the geometry."""
 
+    mode = "shorter"  #: the resize step (:func:`resize_for`)
+
     def __init__(self, resize: int, crop: int, mean: Sequence[float], std: Sequence[float]):
         self.resize, self.crop, self.mean, self.std = int(resize), int(crop), tuple(mean), tuple(std)
 
     def geometry_and_crop(self, img: np.ndarray) -> Tuple[np.ndarray, Geometry]:
         h, w = img.shape[:2]
-        small, sx, sy = resize_shorter(img, self.resize)
+        small, sx, sy = resize_for(img, self.resize, self.mode)
         rh, rw = small.shape[:2]
         y0 = int(round((rh - self.crop) / 2.0))
         x0 = int(round((rw - self.crop) / 2.0))
@@ -121,12 +123,7 @@ def resize_for(img: np.ndarray, size: int, mode: str) -> Tuple[np.ndarray, float
 class SquareEvalTransform(EvalTransform):
     """:class:`EvalTransform` for ``data.resize_mode: square``: resize to ``resize x resize``, centre-crop."""
 
-    def geometry_and_crop(self, img: np.ndarray) -> Tuple[np.ndarray, Geometry]:
-        h, w = img.shape[:2]
-        small, sx, sy = resize_square(img, self.resize)
-        x0 = y0 = int(round((self.resize - self.crop) / 2.0))
-        crop = small[y0:y0 + self.crop, x0:x0 + self.crop]
-        return crop, Geometry(h, w, sx, sy, float(x0), float(y0), self.crop, self.crop)
+    mode = "square"
 
 
 def eval_transform(cfg) -> EvalTransform:
@@ -199,13 +196,19 @@ class TenCrop:
         self.resize, self.crop, self.mean, self.std, self.mode = int(resize), int(crop), tuple(mean), tuple(std), mode
 
     def __call__(self, img: np.ndarray) -> np.ndarray:
-        small, _, _ = resize_for(img, self.resize, self.mode)
+        return self.crops_and_geometry(img)[0]
+
+    def crops_and_geometry(self, img: np.ndarray) -> Tuple[np.ndarray, List[Geometry]]:
+        """The ten crops and the :class:`Geometry` of the first five (crop ``i + 5`` mirrors crop ``i``)."""
+        small, sx, sy = resize_for(img, self.resize, self.mode)
         h, w, c = small.shape[0], small.shape[1], self.crop
         cy, cx = int(round((h - c) / 2.0)), int(round((w - c) / 2.0))
         offsets = [(0, 0), (0, w - c), (h - c, 0), (h - c, w - c), (cy, cx)]
         crops = [small[y:y + c, x:x + c] for y, x in offsets]
         crops += [cr[:, ::-1] for cr in crops]
-        return np.stack([normalize(np.ascontiguousarray(cr), self.mean, self.std) for cr in crops])
+        x = np.stack([normalize(np.ascontiguousarray(cr), self.mean, self.std) for cr in crops])
+        geos = [Geometry(img.shape[0], img.shape[1], sx, sy, float(x0), float(y0), c, c) for y0, x0 in offsets]
+        return x, geos
 
     @classmethod
     def from_config(cls, cfg) -> "TenCrop":

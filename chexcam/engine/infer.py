@@ -22,17 +22,16 @@ from tqdm import tqdm
 
 from .. import build_model, explain, viz
 from ..boxes import boxes_from_map, peak_point
+from ..cam.base import normalize_maps_np, resolve_classes
 from ..config import Config, save_config
 from ..data.io import read_image
-from ..data.transforms import Geometry, eval_transform, normalize, resize_for
+from ..data.transforms import Geometry, TenCrop, eval_transform
 from ..errors import BadImageError, ChexcamError, ConfigError, DataError
 from ..utils import seed_everything, set_device
 
 logger = logging.getLogger(__name__)
 
 IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".dcm", ".dicom")
-#: A map whose finite range is below this normalizes to zeros (as :func:`chexcam.cam.base.normalize_maps`).
-EPS = 1e-7
 
 Explainer = Callable[[np.ndarray], Tuple[np.ndarray, np.ndarray]]
 
@@ -108,10 +107,8 @@ def resolve_inputs(cfg: Config) -> List[Item]:
     if not spec:
         raise ChexcamError("infer.input is not set: pass -o infer.input=IMAGE|FOLDER|GLOB|LIST.csv|split:test")
     if spec.startswith("split:"):
-        try:
-            from ..data import build_split
-        except ImportError:
-            raise ChexcamError(f"infer.input={spec} needs chexcam.data.build_split, which this version lacks") from None
+        from ..data import build_split
+
         samples = build_split(cfg, spec.split(":", 1)[1])
         if not samples:
             raise ChexcamError(f"infer.input={spec}: the split is empty")
@@ -164,14 +161,11 @@ def make_explainer(cfg: Config, model) -> Explainer:
     """
     if cfg.infer.engine == "paddle_inference":
         try:
-            from .. import inference
-        except ImportError:
-            inference = None
-        factory = getattr(inference, "make_predictor_explainer", None) or getattr(inference, "make_explainer", None)
-        if factory is None:
+            from ..inference import make_predictor_explainer
+        except ImportError:  # a paddle build without paddle.inference
             raise ChexcamError("infer.engine=paddle_inference needs chexcam.inference, which this installation "
-                               "lacks; use -o infer.engine=dynamic")
-        return factory(cfg, model)
+                               "lacks; use -o infer.engine=dynamic") from None
+        return make_predictor_explainer(cfg, model)
     from .. import cam as _cam  # noqa: F401  (registers the CAM methods)
     from ..registry import CAM_METHODS
 
@@ -185,17 +179,9 @@ def make_explainer(cfg: Config, model) -> Explainer:
 
 
 def ten_crop_inputs(img: np.ndarray, cfg: Config) -> Tuple[np.ndarray, List[Geometry]]:
-    """The ten crops of :class:`chexcam.data.transforms.TenCrop` (same order) and the geometry of the
-    first five; crop ``i + 5`` is the mirror of crop ``i``."""
-    small, sx, sy = resize_for(img, cfg.data.resize, cfg.data.resize_mode)
-    h, w, c = small.shape[0], small.shape[1], cfg.data.crop
-    cy, cx = int(round((h - c) / 2.0)), int(round((w - c) / 2.0))
-    offsets = [(0, 0), (0, w - c), (h - c, 0), (h - c, w - c), (cy, cx)]
-    crops = [small[y:y + c, x:x + c] for y, x in offsets]
-    crops += [cr[:, ::-1] for cr in crops]
-    x = np.stack([normalize(np.ascontiguousarray(cr), cfg.data.mean, cfg.data.std) for cr in crops])
-    geos = [Geometry(img.shape[0], img.shape[1], sx, sy, float(x0), float(y0), c, c) for y0, x0 in offsets]
-    return x, geos
+    """The ten crops of :class:`chexcam.data.transforms.TenCrop` (the ones evaluation averages) and the
+    geometry of the first five; crop ``i + 5`` is the mirror of crop ``i``."""
+    return TenCrop.from_config(cfg).crops_and_geometry(img)
 
 
 def _to_input_size(maps: np.ndarray, size: int, smooth: bool) -> np.ndarray:
@@ -204,26 +190,6 @@ def _to_input_size(maps: np.ndarray, size: int, smooth: bool) -> np.ndarray:
         return maps
     interp = cv2.INTER_LINEAR if smooth else cv2.INTER_NEAREST
     return np.stack([cv2.resize(m.astype(np.float32), (size, size), interpolation=interp) for m in maps])
-
-
-def normalize_maps_np(maps: np.ndarray, mode: str, inplace: bool = False) -> np.ndarray:
-    """NaN-aware :func:`chexcam.cam.base.normalize_maps` for ``[K, H, W]`` maps in the original frame.
-
-    ``inplace`` reuses ``maps`` (float32) for the result: 14 maps of a 1024x1024 image are 56 MB.
-    """
-    if mode == "none":
-        return maps
-    axes = (1, 2) if mode == "minmax" else (0, 1, 2)
-    lo = np.fmin.reduce(maps, axis=axes, keepdims=True)  # fmin/fmax skip NaN without a copy
-    hi = np.fmax.reduce(maps, axis=axes, keepdims=True)
-    rng = np.nan_to_num(hi - lo, nan=0.0)  # an all-NaN map has no range
-    ok = rng > EPS
-    into = maps if inplace and maps.dtype == np.float32 else None
-    out = np.subtract(maps, np.where(ok, lo, 0.0), out=into, dtype=np.float32)  # NaN stays NaN
-    out /= np.where(ok, rng, 1.0)
-    if not ok.all():  # rare: a constant map becomes zeros (NaN where not covered), never NaN everywhere
-        out[np.broadcast_to(~ok, out.shape) & np.isfinite(out)] = 0.0
-    return out
 
 
 def map_boxes(cfg: Config, maps: np.ndarray, geo: Geometry):
@@ -433,19 +399,7 @@ def run(cfg: Config) -> dict:
 
 
 def _class_indices(cfg: Config, classes: Optional[Sequence[str]]) -> List[int]:
-    labels = list(cfg.data.labels)
-    if not classes:
-        return list(range(len(labels)))
-    out = []
-    for c in classes:
-        if c not in labels:
-            import difflib
-
-            close = difflib.get_close_matches(c, labels, n=1)
-            raise ChexcamError(f"unknown class '{c}'" + (f"; did you mean '{close[0]}'?" if close else "")
-                               + f" (known: {', '.join(labels)})")
-        out.append(labels.index(c))
-    return out
+    return resolve_classes(classes or None, len(cfg.data.labels), cfg.data.labels)
 
 
 def _truth_ok(target, k: int, truth: str) -> bool:

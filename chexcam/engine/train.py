@@ -19,7 +19,6 @@ early-stopping state. Only rank 0 logs at INFO level and writes files.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import math
@@ -35,8 +34,8 @@ from ..config import Config, config_to_dict, save_config
 from ..data.datasets import ImageDataset, build_split, build_splits, iterate, make_loader
 from ..errors import ChexcamError
 from ..metrics.classification import bce_loss, mean_auroc, per_class_auroc
-from ..utils import seed_everything, set_device
-from ..weights import read_checkpoint, save_atomic, state_dict_of
+from ..utils import atomic_path, seed_everything, set_device
+from ..weights import read_checkpoint, save_atomic, state_dict_of, weights_fingerprint
 from .evaluate import predict
 
 logger = logging.getLogger(__name__)
@@ -57,15 +56,6 @@ def _dist_info():
     world = int(os.environ.get("PADDLE_TRAINERS_NUM", "1"))
     rank = int(os.environ.get("PADDLE_TRAINER_ID", "0"))
     return rank, world
-
-
-def weights_digest(model: paddle.nn.Layer) -> str:
-    """sha256 of every parameter and buffer (sorted by name): equal digests = identical weights."""
-    h = hashlib.sha256()
-    for name, value in sorted(model.state_dict().items()):
-        h.update(name.encode())
-        h.update(np.ascontiguousarray(value.numpy()).tobytes())
-    return h.hexdigest()
 
 
 def _average_buffers(model: paddle.nn.Layer, world: int) -> None:
@@ -129,11 +119,9 @@ def _resume_path(cfg: Config) -> Optional[str]:
 
 
 def _write_history(path: str, history: List[Dict[str, Any]]) -> None:
-    tmp = path + ".tmp"
-    with open(tmp, "w", encoding="utf-8") as fh:
+    with atomic_path(path) as tmp, open(tmp, "w", encoding="utf-8") as fh:
         for row in history:
             fh.write(json.dumps(row) + "\n")
-    os.replace(tmp, path)
 
 
 def _json_default(obj):
@@ -245,19 +233,18 @@ def _run(cfg: Config, rank: int, world: int, use_amp: bool) -> Dict[str, Any]:
                     logits = net(x)
                 loss = loss_fn(logits.astype("float32"), y) * weight
                 scaler.scale(loss).backward()
-                scaler.step(opt)
-                scaler.update()
             else:
                 loss = loss_fn(net(x), y) * weight
                 loss.backward()
-                value = float(loss)
-                if not math.isfinite(value):
-                    _diverged(cfg, epoch, it, value)
+            value = float(loss)
+            if not math.isfinite(value):  # before the step: the weights of the last good epoch stay intact
+                _diverged(cfg, epoch, it, value)
+            if use_amp:
+                scaler.step(opt)
+                scaler.update()
+            else:
                 opt.step()
             opt.clear_grad()
-            value = float(loss)
-            if not math.isfinite(value):
-                _diverged(cfg, epoch, it, value)
             losses.append(value)
             seen += len(idx)
             seen_since += len(idx)
@@ -316,7 +303,7 @@ def _run(cfg: Config, rank: int, world: int, use_amp: bool) -> Dict[str, Any]:
         "world_size": world, "seconds": round(time.time() - t_start, 2), "data": _plain(info),
         "last_checkpoint": os.path.join(out, LAST), "best_checkpoint": os.path.join(out, BEST),
     }
-    digest = weights_digest(model)
+    digest = weights_fingerprint(model)
     summary["weights_sha256"] = _gather_digests(digest, world) if world > 1 else [digest]
     if world > 1 and len(set(summary["weights_sha256"])) != 1:
         logger.error("ranks ended with different weights: %s", summary["weights_sha256"])
