@@ -3,10 +3,10 @@
     python benchmarks/bench_cpu.py [--batch 16] [--size 224] [--repeats 7] [--warmup 2] [--threads N]
 
 Rows (images/s, median of ``--repeats`` rounds that time one batch of every row in turn, random weights):
-  chexcam forward (dynamic graph) | chexcam.explain, 14 CAMs upsampled + normalized (default path) |
-  the same with the fast path forced off / on | exported model on Paddle Inference (oneDNN): forward only,
-  forward + 14 raw CAMs, + upsampling and normalization, bf16 | torchvision DenseNet121 fp32 and bf16
-  autocast | torchcam CAM for 14 classes upsampled to the input size (when torch/torchvision/torchcam exist).
+  chexcam forward (dynamic graph) | chexcam.explain, 14 CAMs upsampled + normalized (the reference, dynamic
+  graph) | chexcam.Explainer (predictor engine), the same call | the exported model on Paddle Inference
+  (oneDNN): forward only, forward + 14 raw CAMs, bf16 | torchvision DenseNet121 fp32 and bf16 autocast |
+  torchcam CAM for 14 classes upsampled to the input size (when torch/torchvision/torchcam exist).
 Also: ratios to the PyTorch rows, the CAM overhead over the forward pass, and the fraction of this
 machine's fp32 matrix-multiply bound (sgemm GFLOP/s measured here / DenseNet121's FLOPs per image).
 The machine should be otherwise idle; the median makes the figures robust to short interruptions.
@@ -101,8 +101,7 @@ def paddle_rows(args, x, rows):
     import paddle
 
     import chexcam
-    from chexcam import inference
-    from chexcam.export import export_model
+    from chexcam.serving import Predictor, export_model, predictor_config
 
     paddle.set_device("cpu")
     cfg = chexcam.load_config(None, ["model.allow_random=true"])
@@ -114,18 +113,12 @@ def paddle_rows(args, x, rows):
         with paddle.no_grad():
             model(xt).numpy()
 
-    def explain_dynamic():
-        inference.set_fast_cam(False)
-        try:
-            chexcam.explain(model, x)
-        finally:
-            inference.set_fast_cam(None)
-
+    t0 = time.perf_counter()
+    ex = chexcam.Explainer(model, threads=args.threads)
+    rows["_explainer_build"] = time.perf_counter() - t0
     rows["chexcam forward (dynamic graph)"] = forward
-    rows["chexcam.explain 14 CAMs up+norm (default)"] = lambda: chexcam.explain(model, x)
-    rows["  explain, fast path off (dynamic graph)"] = explain_dynamic
-    if inference.fast_explain(model, x) is not None:  # the path explain takes on CPU, called directly
-        rows["  fast_explain (PI + 14 CAMs up+norm)"] = lambda: inference.fast_explain(model, x)
+    rows["chexcam.explain 14 CAMs up+norm (dynamic)"] = lambda: chexcam.explain(model, x)
+    rows["chexcam.Explainer 14 CAMs up+norm"] = lambda: ex(x)
 
     tmp = tempfile.mkdtemp(prefix="chexcam-bench-")
     atexit.register(shutil.rmtree, tmp, True)
@@ -137,7 +130,7 @@ def paddle_rows(args, x, rows):
     paddle.jit.save(static, os.path.join(fwd_dir, "model"))
     from paddle import inference as pinf
 
-    pred = pinf.create_predictor(inference.predictor_config(fwd_dir, threads=args.threads))  # logits only
+    pred = pinf.create_predictor(predictor_config(fwd_dir, threads=args.threads))  # logits only
     inp = pred.get_input_handle(pred.get_input_names()[0])
     out = pred.get_output_handle(pred.get_output_names()[0])
 
@@ -147,23 +140,18 @@ def paddle_rows(args, x, rows):
         pred.run()
         out.copy_to_cpu()
 
-    pi = inference.PredictorExplainer(os.path.join(tmp, "cam"), threads=args.threads)
+    pi = Predictor(os.path.join(tmp, "cam"), threads=args.threads)
     rows["Paddle Inference forward (oneDNN fp32)"] = pi_forward
     rows["Paddle Inference forward + 14 raw CAMs"] = lambda: pi(x)
-
-    def pi_up():
-        probs, maps = pi(x)
-        inference.postprocess(maps, x.shape[2:], "minmax")
-
-    rows["Paddle Inference + 14 CAMs up+norm (numpy)"] = pi_up
-    ref = pi(x)
+    ref = ex(x)
     try:
-        bf = inference.PredictorExplainer(os.path.join(tmp, "cam"), threads=args.threads, precision="bf16")
-        rows["Paddle Inference bf16 + 14 raw CAMs"] = lambda: bf(x)
+        bf = chexcam.Explainer(model, precision="bf16", threads=args.threads)
+        rows["chexcam.Explainer bf16 14 CAMs up+norm"] = lambda: bf(x)
         got = bf(x)
+        raw_ref, raw_bf = ex(x, normalize=False, upsample=False)[1], bf(x, normalize=False, upsample=False)[1]
         rows["_bf16_err"] = (float(np.abs(got[0] - ref[0]).max()),
-                             float(np.abs(got[1] - ref[1]).max() / np.abs(ref[1]).max()))
-    except Exception as exc:  # no bf16 support on this CPU / build
+                             float(np.abs(raw_bf - raw_ref).max() / np.abs(raw_ref).max()))
+    except chexcam.ChexcamError as exc:  # no bf16 support on this CPU / build
         rows["_bf16_err"] = f"bf16 row skipped: {exc}"
 
 
@@ -215,7 +203,7 @@ def main():
     parser.add_argument("--warmup", type=int, default=1, help="untimed rounds first")
     parser.add_argument("--threads", type=int, default=0, help="CPU threads for every framework (0: all)")
     args = parser.parse_args()
-    from chexcam.inference import cpu_count
+    from chexcam.serving import cpu_count
 
     args.threads = args.threads or cpu_count()
     os.environ.setdefault("OMP_NUM_THREADS", str(args.threads))
@@ -241,18 +229,21 @@ def main():
     print()
     if fwd and cam:
         print(f"CAM overhead over the forward pass (Paddle Inference): {100 * (fwd / cam - 1):+.1f}% time")
-    dyn, exp = rows.get("chexcam forward (dynamic graph)"), rows.get("chexcam.explain 14 CAMs up+norm (default)")
+    dyn, exp = rows.get("chexcam forward (dynamic graph)"), rows.get("chexcam.explain 14 CAMs up+norm (dynamic)")
+    exr = rows.get("chexcam.Explainer 14 CAMs up+norm")
     if dyn and exp:
-        print(f"explain (default path) vs dynamic-graph forward alone: {exp / dyn:.2f}x")
+        print(f"explain (dynamic graph) vs dynamic-graph forward alone: {exp / dyn:.2f}x")
+    if exp and exr:
+        print(f"Explainer vs explain: {exr / exp:.2f}x (Explainer built once in {notes['_explainer_build']:.1f} s: "
+              "export + predictor + check against the dynamic graph)")
     if isinstance(notes.get("_bf16_err"), tuple):
         p, m = notes["_bf16_err"]
         print(f"bf16 accuracy loss vs fp32: max |prob diff| {p:.1e}, max relative CAM diff {m:.1e}")
     for key, note in notes.items():
         if isinstance(note, str):
             print(note)
-    fx = rows.get("  fast_explain (PI + 14 CAMs up+norm)")
-    if tc and exp:
-        print(f"targets: explain >= 1.3x torchcam: {exp / tc:.2f}x (fast_explain: {fx / tc if fx else 0:.2f}x); "
+    if tc and exr:
+        print(f"targets: Explainer >= 1.3x torchcam: {exr / tc:.2f}x (explain, dynamic: {exp / tc:.2f}x); "
               f"PI forward + 14 CAMs >= 30 img/s: {cam:.1f}; CAM overhead <= 5%: {100 * (fwd / cam - 1):+.1f}%")
 
 if __name__ == "__main__":

@@ -9,11 +9,12 @@ map does not cover (outside a centre crop) and never yields a peak or a region. 
 
 from __future__ import annotations
 
-from typing import Tuple
+from typing import List, Tuple
 
 import numpy as np
 
 from .errors import ChexcamError
+from .postprocess import resize_maps
 
 BOX_MODES = ("regions", "peaks")
 #: A map whose finite range is below this has no peak and no region (a constant map says nothing).
@@ -111,3 +112,36 @@ def boxes_from_map(m: np.ndarray, mode: str = "regions", max_boxes: int = 3, thr
     if mode == "peaks":
         return peak_boxes(m, max_boxes, min_distance, threshold_rel, box_size)
     raise ChexcamError(f"unknown box mode '{mode}'; expected one of {', '.join(BOX_MODES)}")
+
+
+def boxes_for_maps(maps: np.ndarray, loc, crop: int, scale_x: float, scale_y: float
+                   ) -> Tuple[List[np.ndarray], List[np.ndarray], List[Tuple[float, float]]]:
+    """Boxes, scores and peak points of every map of an image, sized in network-input units.
+
+    Args:
+        maps: ``[K, H, W]`` maps in the frame the boxes are wanted in (e.g. the original image), NaN allowed.
+        loc: the ``localization`` config section (``boxes``, ``max_boxes``, ``threshold``, ``peak_size``,
+            ``min_distance``, ``threshold_rel``); sizes are fractions of the network input ``crop``.
+        crop: the network input side, px.
+        scale_x, scale_y: network-input pixels per pixel of ``maps`` (``Geometry.sx``/``sy`` for the original).
+
+    Maps larger than twice the network input are searched at that size (boxes and peaks scaled back): a map
+    holds no detail finer than its feature cells (32 input px for DenseNet121), and labelling 1024x1024 maps
+    of 14 classes would dominate the run time.
+    """
+    h, w = maps.shape[-2:]
+    scale = min(1.0, 2.0 * crop / max(h, w))
+    size = (loc.peak_size * crop / scale_x * scale, loc.peak_size * crop / scale_y * scale)
+    dist = max(1, int(round(loc.min_distance * crop / (0.5 * (scale_x + scale_y)) * scale)))
+    small_h, small_w = max(1, int(round(h * scale))), max(1, int(round(w * scale)))
+    fx, fy = w / small_w, h / small_h
+    boxes, scores, peaks = [], [], []
+    for m in maps:
+        if scale < 1.0:
+            m = resize_maps(m, (small_h, small_w), "area")
+        b, s = boxes_from_map(m, loc.boxes, loc.max_boxes, loc.threshold, dist, loc.threshold_rel, size)
+        boxes.append(b * np.array([fx, fy, fx, fy]))
+        scores.append(s)
+        px, py = peak_point(m)
+        peaks.append((px * fx, py * fy))
+    return boxes, scores, peaks

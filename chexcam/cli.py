@@ -11,7 +11,9 @@ import sys
 import warnings
 from typing import Callable, Optional, Sequence
 
+from .config import load_config
 from .errors import ChexcamError
+from .utils import setup_logging
 
 
 def build_parser(description: str) -> argparse.ArgumentParser:
@@ -39,9 +41,6 @@ def run_tool(
     parser = parser or build_parser(description)
     args = parser.parse_args(argv)
     try:
-        from . import load_config
-        from .utils import setup_logging
-
         cfg = load_config(args.config, args.override)
         setup_logging(logging.WARNING if args.quiet else logging.INFO)
         code = main(cfg, args)

@@ -9,7 +9,6 @@ with ``yaml.safe_load`` (never ``eval``).
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import os
 import typing
 from dataclasses import dataclass, field
@@ -18,8 +17,8 @@ from typing import Any, Dict, List, Literal, Optional, Sequence
 import yaml
 
 from .errors import ConfigError
-from .labels import CHESTXRAY14_LABELS, IMAGENET_MEAN, IMAGENET_STD
-from .utils import atomic_path
+from .labels import CHESTXRAY14_LABELS, IMAGENET_MEAN, IMAGENET_STD, LABEL_PRESETS
+from .utils import atomic_path, did_you_mean
 
 
 @dataclass
@@ -40,7 +39,7 @@ class DataConfig:
     metadata: Optional[str] = None
     split_mode: Literal["official", "chexnet", "random_patient"] = "official"
     split_dir: Optional[str] = None
-    view: Literal["all", "PA", "AP"] = "all"
+    view: Literal["all", "PA", "AP", "frontal", "lateral"] = "all"
     val_fraction: float = 0.1
     test_fraction: float = 0.2
     csv: Optional[str] = None
@@ -56,6 +55,8 @@ class DataConfig:
     resize_mode: Literal["shorter", "square"] = "shorter"
     rot90: bool = False
     color_jitter: float = 0.0
+    uncertain: Literal["ones", "zeros", "ignore"] = "ones"  # CheXpert/MIMIC -1.0 labels: U-Ones, U-Zeros, U-Ignore
+    blank: Literal["zeros", "ignore"] = "zeros"  # CheXpert/MIMIC blank (not mentioned) labels
 
 
 @dataclass
@@ -103,11 +104,11 @@ class InferConfig:
     batch_size: int = 8
     threshold: float = 0.5
     sort: bool = False
-    colormap: str = "jet"
+    colormap: Literal["jet", "turbo", "inferno", "magma", "viridis", "hot", "plasma", "bone"] = "jet"
     alpha: float = 0.4
     save_npz: bool = False
     ten_crop: bool = False
-    engine: Literal["dynamic", "paddle_inference"] = "dynamic"
+    engine: Literal["auto", "dynamic", "predictor"] = "auto"
     subdir: str = "cam"
     tile: int = 256
     colorbar: bool = True
@@ -184,10 +185,7 @@ def valid_keys(cls=Config, prefix: str = "") -> List[str]:
 
 
 def _closest(key: str) -> str:
-    keys = valid_keys()
-    # compare within the same section first, so "train.epochz" suggests "train.epochs"
-    match = difflib.get_close_matches(key, keys, n=1, cutoff=0.5)
-    return f"; did you mean '{match[0]}'?" if match else ""
+    return did_you_mean(key, valid_keys(), cutoff=0.5)
 
 
 def _type_name(tp) -> str:
@@ -281,6 +279,8 @@ def _build(cls, data: Dict[str, Any], where: str, prefix: str, origins: Dict[str
                 )
             kwargs[key] = _build(tp, value, where, dotted + ".", origins)
         else:
+            if dotted == "data.labels" and isinstance(value, str):
+                value = _label_preset(value, _origin(origins, dotted, where))
             raw = origins.get(dotted + "#raw")
             coerced = _coerce(value, tp, raw is not None, raw)
             if coerced is _BAD:
@@ -290,6 +290,14 @@ def _build(cls, data: Dict[str, Any], where: str, prefix: str, origins: Dict[str
                 )
             kwargs[key] = coerced
     return cls(**kwargs)
+
+
+def _label_preset(name: str, where: str) -> List[str]:
+    """``data.labels: chexpert_competition`` -> the preset's list (see ``chexcam.labels.LABEL_PRESETS``)."""
+    if name not in LABEL_PRESETS:
+        raise ConfigError(f"key 'data.labels' in {where} must be a list of names or a preset "
+                          f"({', '.join(LABEL_PRESETS)}), got {name!r}{did_you_mean(name, LABEL_PRESETS)}")
+    return list(LABEL_PRESETS[name])
 
 
 def parse_override(text: str, where: str = "-o"):
@@ -397,8 +405,27 @@ def validate(cfg: Config, where: str = "config") -> None:
                      ("export.cpu_threads", cfg.export.cpu_threads)):
         if val < 0:
             raise ConfigError(f"key '{key}' in {where} must be >= 0, got {val}")
+    i, loc = cfg.infer, cfg.localization
+    for key, value, ok, want in (
+        ("infer.alpha", i.alpha, 0.0 <= i.alpha <= 1.0, "in [0, 1]"),
+        ("infer.threshold", i.threshold, 0.0 <= i.threshold <= 1.0, "in [0, 1]"),
+        ("infer.tile", i.tile, i.tile >= 32, ">= 32"),
+        ("localization.threshold", loc.threshold, 0.0 < loc.threshold <= 1.0, "in (0, 1]"),
+        ("localization.max_boxes", loc.max_boxes, loc.max_boxes >= 0, ">= 0"),
+        ("localization.peak_size", loc.peak_size, 0.0 < loc.peak_size <= 1.0, "in (0, 1]"),
+        ("localization.min_distance", loc.min_distance, 0.0 <= loc.min_distance <= 1.0, "in [0, 1]"),
+        ("localization.threshold_rel", loc.threshold_rel, 0.0 <= loc.threshold_rel <= 1.0, "in [0, 1]"),
+    ):
+        if not ok:
+            raise ConfigError(f"key '{key}' in {where} must be {want}, got {value!r}")
     if not 0.0 <= cfg.data.color_jitter < 1.0:
         raise ConfigError(f"key 'data.color_jitter' in {where} must be in [0, 1), got {cfg.data.color_jitter}")
+    if cfg.data.dataset == "chestxray14" and cfg.data.view in ("frontal", "lateral"):
+        raise ConfigError(f"key 'data.view' in {where} is '{cfg.data.view}' but ChestX-ray14 has frontal "
+                          f"images only: use all, PA or AP")
+    if cfg.data.dataset in ("chexpert", "mimic_cxr") and cfg.data.split_mode == "chexnet":
+        raise ConfigError(f"key 'data.split_mode' in {where} is 'chexnet' (ChestX-ray14's lists); "
+                          f"{cfg.data.dataset} takes official or random_patient")
     if not cfg.train.lr > 0 or not 0.0 < cfg.train.plateau_factor < 1.0:
         raise ConfigError(f"keys 'train.lr' ({cfg.train.lr}) and 'train.plateau_factor' "
                           f"({cfg.train.plateau_factor}) in {where} must be > 0 and in (0, 1)")

@@ -18,7 +18,9 @@ PyTorch ``Linear`` weights ``[K, C]`` are transposed to paddle's ``[C, K]``; Bat
 ``running_mean``/``running_var`` become paddle's ``_mean``/``_variance``; ``num_batches_tracked`` is
 dropped. Any source key left unmapped, any chexcam key left unfilled and any shape that does not fit
 stops the conversion with a :class:`~chexcam.errors.WeightsError` naming them; nothing is written then.
-torch is imported only here, lazily, and only for PyTorch files; it is never a chexcam dependency.
+Every source is read by :mod:`chexcam.serialization`, which needs no torch (both ``torch.save`` formats,
+the legacy one of the 2017 release included) and refuses a pickle that names anything but tensors,
+arrays and containers; there is no option to trust a file more.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ from typing import Any, Dict, List, Optional, Tuple
 
 import numpy as np
 
+from . import serialization
 from .errors import WeightsError
 from .utils import atomic_path
 
@@ -60,50 +63,16 @@ def sha256_of(path: str) -> str:
 # reading
 
 
-def _to_numpy(value) -> Optional[np.ndarray]:
-    """A tensor-like (torch, paddle, numpy) as a numpy array; ``None`` for anything else."""
-    if isinstance(value, np.ndarray):
-        return value
-    if hasattr(value, "detach") and hasattr(value, "cpu"):  # torch.Tensor
-        return value.detach().cpu().numpy()
-    if hasattr(value, "numpy") and hasattr(value, "shape"):  # paddle.Tensor
-        return np.asarray(value.numpy())
-    return None
-
-
-def _read_torch(path: str, trust_pickle: bool) -> Any:
-    try:
-        import torch
-    except ImportError:
-        raise WeightsError(f"{path} is a PyTorch file: converting it needs torch (pip install 'chexcam[parity]' "
-                           "or pip install torch)") from None
-    try:
-        return torch.load(path, map_location="cpu", weights_only=not trust_pickle)
-    except Exception as exc:  # UnpicklingError, RuntimeError, EOFError...
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        hint = ("; it holds more than tensors: if (and only if) you trust its source, rerun with --trust-pickle"
-                if not trust_pickle and "weights_only" in str(exc) else "")
-        raise WeightsError(f"cannot read PyTorch checkpoint {path}: {first[:200]}{hint}") from None
-
-
-def read_source(path: str, trust_pickle: bool = False) -> Dict[str, np.ndarray]:
+def read_source(path: str) -> Dict[str, np.ndarray]:
     """The flat ``name -> array`` dict of a checkpoint file (torch or paddle), unwrapped.
 
-    ``.pdparams`` files are read with ``paddle.load``; everything else with ``torch.load`` and
-    ``weights_only=True`` unless ``trust_pickle`` (a pickle can run code: trust known sources only).
-    Wrappers ``{"state_dict": ...}`` and ``{"model": ...}`` are unwrapped.
+    The file is read by :func:`chexcam.serialization.load` (the format is told by its content; nothing
+    in it is executed). Wrappers ``{"state_dict": ...}``, ``{"model": ...}`` and
+    ``{"model_state_dict": ...}`` are unwrapped.
     """
     if not os.path.isfile(path):
         raise WeightsError(f"checkpoint not found: {path} (see pretrained/README.md for where to get one)")
-    if path.endswith(".pdparams"):
-        import paddle
-
-        try:
-            obj = paddle.load(path)
-        except Exception as exc:
-            raise WeightsError(f"cannot read paddle checkpoint {path}: {type(exc).__name__}") from None
-    else:
-        obj = _read_torch(path, trust_pickle)
+    _, obj = serialization.load(path)
     for wrapper in ("state_dict", "model", "model_state_dict"):
         if isinstance(obj, dict) and isinstance(obj.get(wrapper), dict):
             obj = obj[wrapper]
@@ -112,10 +81,9 @@ def read_source(path: str, trust_pickle: bool = False) -> Dict[str, np.ndarray]:
         raise WeightsError(f"{path} does not hold a dict of tensors (got {type(obj).__name__})")
     out: Dict[str, np.ndarray] = {}
     for key, value in obj.items():
-        arr = _to_numpy(value)
-        if arr is None:
+        if not isinstance(value, np.ndarray):
             raise WeightsError(f"{path}: entry '{key}' is a {type(value).__name__}, not a tensor")
-        out[str(key)] = arr
+        out[str(key)] = value
     if not out:
         raise WeightsError(f"{path} holds no tensors")
     return out
@@ -293,7 +261,7 @@ def _fail(path: str, *parts: Optional[str]) -> None:
 
 
 def convert_state(path: str, fmt: str = "auto", model_name: Optional[str] = None, num_classes: Optional[int] = None,
-                  output_stride: int = 32, trust_pickle: bool = False):
+                  output_stride: int = 32):
     """Read ``path`` and return ``(state, report)``: a complete chexcam state dict and its JSON report.
 
     Args:
@@ -302,14 +270,13 @@ def convert_state(path: str, fmt: str = "auto", model_name: Optional[str] = None
         model_name: registered chexcam model to fill; ``None`` derives it from the DenseNet depth.
         num_classes: expected head size; ``None`` takes the source's.
         output_stride: the target model's output stride (does not change parameter shapes).
-        trust_pickle: allow arbitrary pickles in PyTorch files (``weights_only=False``).
 
     Raises:
         WeightsError: unreadable file, unknown layout, or keys/shapes that do not fit (all listed).
     """
     if fmt not in FORMATS:
         raise WeightsError(f"unknown source format '{fmt}'; expected one of {', '.join(FORMATS)}")
-    src = read_source(path, trust_pickle)
+    src = read_source(path)
     detected = detect_format(list(src))
     if fmt != "auto" and fmt != detected:
         raise WeightsError(f"{path} looks like '{detected}', not '{fmt}' (pass --format auto or {detected})")
@@ -339,7 +306,7 @@ def convert_state(path: str, fmt: str = "auto", model_name: Optional[str] = None
                                "match no DenseNet depth")
         model_name = f"chexnet_densenet{depth}"
 
-    from .registry import create_model
+    from .models import create_model
 
     model = create_model(model_name, num_classes=src_classes, output_stride=output_stride)
     want = {k: tuple(v.shape) for k, v in model.state_dict().items()}
@@ -395,7 +362,7 @@ def _expected_source(target: str, fmt: str, prefix: str) -> str:
 
 
 def convert_file(src: str, out: str, fmt: str = "auto", model_name: Optional[str] = None,
-                 num_classes: Optional[int] = None, output_stride: int = 32, trust_pickle: bool = False,
+                 num_classes: Optional[int] = None, output_stride: int = 32,
                  report_path: Optional[str] = None) -> Dict[str, Any]:
     """Convert ``src`` to the chexcam checkpoint ``out`` plus a JSON report; returns the report.
 
@@ -409,7 +376,7 @@ def convert_file(src: str, out: str, fmt: str = "auto", model_name: Optional[str
 
     if os.path.abspath(src) == os.path.abspath(out):
         raise WeightsError(f"output {out} would overwrite the source checkpoint")
-    state, report = convert_state(src, fmt, model_name, num_classes, output_stride, trust_pickle)
+    state, report = convert_state(src, fmt, model_name, num_classes, output_stride)
     meta = {k: report[k] for k in ("source", "source_sha256", "source_format", "model", "num_classes")}
     save_atomic({"model": {k: paddle.to_tensor(v) for k, v in state.items()}, "converted_from": meta}, out)
     report["output"] = os.path.abspath(out)

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import difflib
 from typing import Any, Callable, Dict, List
 
 from .errors import ConfigError
+from .utils import did_you_mean
 
 
 class Registry:
@@ -29,11 +29,8 @@ class Registry:
 
     def get(self, name: str) -> Callable[..., Any]:
         if name not in self._entries:
-            close = difflib.get_close_matches(name, list(self._entries), n=1)
-            hint = f"; did you mean '{close[0]}'?" if close else ""
-            raise ConfigError(
-                f"unknown {self.kind} '{name}' (known: {', '.join(sorted(self._entries))}){hint}"
-            )
+            raise ConfigError(f"unknown {self.kind} '{name}' (known: {', '.join(sorted(self._entries))})"
+                              f"{did_you_mean(name, self._entries)}")
         return self._entries[name]
 
     def create(self, name: str, **kwargs):
@@ -56,17 +53,3 @@ def register_model(fn=None, *, name: str | None = None):
     if fn is None:
         return MODELS.register(name)
     return MODELS.register(name)(fn)
-
-
-def create_model(name: str, **kwargs):
-    """Build a registered model by name."""
-    from . import models  # noqa: F401  (registers the built-in models)
-
-    return MODELS.create(name, **kwargs)
-
-
-def list_models() -> List[str]:
-    """Names of all registered models."""
-    from . import models  # noqa: F401
-
-    return MODELS.names()

@@ -6,16 +6,26 @@ Imports paddle only inside the functions that need it, so config handling stays 
 from __future__ import annotations
 
 import contextlib
+import difflib
 import logging
 import os
 import random
-from typing import Iterator
+from typing import Iterable, Iterator
 
 import numpy as np
 
 from .errors import ConfigError
 
 logger = logging.getLogger(__name__)
+
+
+def did_you_mean(name: str, choices: Iterable[str], cutoff: float = 0.6) -> str:
+    """``"; did you mean 'x'?"`` for the closest of ``choices`` (difflib), or ``""`` when none is close.
+
+    The one "did you mean" of the package: config keys, registry names, layers and class labels use it.
+    """
+    close = difflib.get_close_matches(str(name), [str(c) for c in choices], n=1, cutoff=cutoff)
+    return f"; did you mean '{close[0]}'?" if close else ""
 
 
 def has_gpu() -> bool:

@@ -11,6 +11,8 @@ from typing import List, Optional, Sequence
 import cv2
 import numpy as np
 
+from .postprocess import resize_maps
+
 COLORMAPS = {
     "jet": cv2.COLORMAP_JET, "turbo": cv2.COLORMAP_TURBO, "inferno": cv2.COLORMAP_INFERNO,
     "magma": cv2.COLORMAP_MAGMA, "viridis": cv2.COLORMAP_VIRIDIS, "hot": cv2.COLORMAP_HOT,
@@ -32,25 +34,12 @@ def colorize(m: np.ndarray, colormap: str = "jet") -> np.ndarray:
 
 
 def resize_map(m: np.ndarray, size) -> np.ndarray:
-    """Resize a float map to ``size = (w, h)``; NaN (not covered) stays NaN and never bleeds into values.
-
-    The finite values are resized with their coverage and renormalised by it, so a border next to NaN
-    keeps its own values instead of being pulled towards 0.
-    """
+    """Resize a float map to ``size = (w, h)`` (area when shrinking, bilinear when enlarging); NaN (not covered)
+    stays NaN and never bleeds into values (:func:`chexcam.postprocess.resize_maps`)."""
     w, h = size
     m = np.asarray(m, dtype=np.float32)
-    if m.shape == (h, w):
-        return m
-    valid = np.isfinite(m)
-    interp = cv2.INTER_AREA if h < m.shape[0] or w < m.shape[1] else cv2.INTER_LINEAR
-    if valid.all():
-        return cv2.resize(m, (w, h), interpolation=interp)
-    vals = cv2.resize(np.where(valid, m, 0.0).astype(np.float32), (w, h), interpolation=interp)
-    cover = cv2.resize(valid.astype(np.float32), (w, h), interpolation=interp)
-    out = np.full((h, w), np.nan, np.float32)
-    ok = cover >= 0.5
-    out[ok] = vals[ok] / cover[ok]
-    return out
+    interp = "area" if h < m.shape[0] or w < m.shape[1] else "linear"
+    return resize_maps(m, (h, w), interp)
 
 
 def outside(image: np.ndarray, grey: int = 160, keep: float = 0.45) -> np.ndarray:

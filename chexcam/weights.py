@@ -1,4 +1,8 @@
-"""Load and save chexcam checkpoints (``.pdparams``), with one-line errors for ones that do not fit."""
+"""Load and save chexcam checkpoints (``.pdparams``), with one-line errors for ones that do not fit.
+
+Every weights file is read by :mod:`chexcam.serialization`, never by ``paddle.load`` or ``torch.load``: its
+pickle may name only numpy arrays and plain containers, so loading a file cannot run code.
+"""
 
 from __future__ import annotations
 
@@ -12,6 +16,7 @@ import numpy as np
 import paddle
 from paddle import nn
 
+from . import serialization
 from .errors import WeightsError
 from .utils import atomic_path
 
@@ -19,15 +24,21 @@ logger = logging.getLogger(__name__)
 
 
 def read_checkpoint(path: str) -> Dict[str, Any]:
-    """Read a ``.pdparams`` file: either a plain state dict or a chexcam checkpoint dict."""
+    """Read a ``.pdparams`` file, a plain state dict or a chexcam checkpoint dict, without unpickling code.
+
+    Tensors come back as numpy arrays, which ``Layer.set_state_dict`` and ``Optimizer.set_state_dict``
+    accept as they are. A PyTorch checkpoint is read just as safely (so a malicious one is refused by name),
+    then refused: it must be converted once with ``tools/convert_weights.py``.
+    """
     if not os.path.isfile(path):
         raise WeightsError(f"weights file not found: {path} (see pretrained/README.md)")
-    try:
-        obj = paddle.load(path)
-    except Exception as exc:  # paddle raises many types for a bad file
-        raise WeightsError(f"cannot read weights file {path}: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}") from None
+    kind, obj = serialization.load(path)
+    if kind == "torch":
+        raise WeightsError(f"{path} is a PyTorch checkpoint, not chexcam weights: convert it once with "
+                           f"python tools/convert_weights.py -c CONFIG --src {path} --out OUT.pdparams "
+                           "(see pretrained/README.md)")
     if not isinstance(obj, dict):
-        raise WeightsError(f"weights file {path} does not hold a dict of parameters")
+        raise WeightsError(f"weights file {path} does not hold a dict of parameters (got {type(obj).__name__})")
     return obj
 
 

@@ -5,19 +5,27 @@ import paddle
 import pytest
 
 import chexcam
-from chexcam.cam.base import normalize_maps
+from chexcam.postprocess import normalize_maps
 
 from .conftest import CONFIGS
 
 
-@pytest.fixture(autouse=True, params=["fast", "dynamic"])
-def cam_path(request):
-    """Every test runs on both paths of explain: the cached predictor (CPU default) and the dynamic graph."""
-    from chexcam.inference import set_fast_cam
+@pytest.fixture(params=["explain", "Explainer"])
+def explain(request):
+    """Every test runs on both engines: ``chexcam.explain`` (the reference, dynamic graph) and a
+    ``chexcam.Explainer`` on the Paddle Inference predictor (built once per model, method and layer)."""
+    if request.param == "explain":
+        return chexcam.explain
+    built = {}
 
-    set_fast_cam(request.param == "fast")
-    yield request.param
-    set_fast_cam(None)
+    def run(model, x, method="cam", layer=None, **kw):
+        key = (id(model), method, layer)
+        if key not in built:
+            engine = "predictor" if method == "cam" and layer is None else "dynamic"
+            built[key] = chexcam.Explainer(model, method=method, layer=layer, engine=engine)
+        return built[key](x, **kw)
+
+    return run
 
 
 def _logits(probs):
@@ -26,7 +34,7 @@ def _logits(probs):
 
 
 @pytest.mark.parametrize("path", CONFIGS, ids=os.path.basename)
-def test_cam_identity_spatial_mean_plus_bias_is_logit(path):
+def test_cam_identity_spatial_mean_plus_bias_is_logit(path, explain):
     """mean_{x,y} M_c + b_c == logit_c for every image and class (float32, 1e-4 relative)."""
     cfg = chexcam.load_config(path, ["model.allow_random=true"])
     paddle.seed(0)
@@ -37,7 +45,7 @@ def test_cam_identity_spatial_mean_plus_bias_is_logit(path):
     xt = paddle.to_tensor(x)
     with paddle.no_grad():
         logits = model(xt).numpy()
-    probs, maps = chexcam.explain(model, x, normalize=False, upsample=False)
+    probs, maps = explain(model, x, normalize=False, upsample=False)
     side = cfg.data.crop // cfg.model.output_stride
     assert maps.shape == (3, cfg.model.num_classes, side, side)
     recon = maps.mean(axis=(2, 3)) + model.head.bias.numpy()
@@ -45,9 +53,9 @@ def test_cam_identity_spatial_mean_plus_bias_is_logit(path):
     np.testing.assert_allclose(probs, 1 / (1 + np.exp(-logits)), rtol=1e-5, atol=1e-6)
 
 
-def test_acceptance_batch_of_four(chest_model):
+def test_acceptance_batch_of_four(chest_model, explain):
     x = np.random.default_rng(1).standard_normal((4, 3, 224, 224)).astype("float32")
-    probs, maps = chexcam.explain(chest_model, x, normalize=False, upsample=False)
+    probs, maps = explain(chest_model, x, normalize=False, upsample=False)
     assert maps.shape == (4, 14, 7, 7)
     diff = _logits(probs) - maps.mean(axis=(2, 3))  # the head bias, the same for every image
     np.testing.assert_allclose(diff, np.broadcast_to(diff[0], diff.shape), atol=1e-4)
@@ -70,11 +78,11 @@ def test_hooks_are_removed_and_mode_restored(chest_model):
     assert attrs == {id(m): set(vars(m)) for m in [chest_model, *chest_model.sublayers()]}
 
 
-def test_hook_removed_even_when_forward_fails(chest_model):
+def test_hook_removed_even_when_forward_fails(chest_model, explain):
     layer = chest_model.backbone.batch_norm
     before = len(layer._forward_post_hooks)
     with pytest.raises(Exception):
-        chexcam.explain(chest_model, np.zeros((1, 4, 64, 64), "float32"))  # 4 channels: conv fails
+        explain(chest_model, np.zeros((1, 4, 64, 64), "float32"))  # 4 channels: conv fails
     assert len(layer._forward_post_hooks) == before
 
 
@@ -84,34 +92,34 @@ def test_no_cam_work_in_training_forward(chest_model):
     assert len(chest_model._forward_post_hooks) == 0 and len(chest_model._forward_pre_hooks) == 0
 
 
-def test_explain_is_repeatable_and_accepts_tensors(chest_model):
+def test_explain_is_repeatable_and_accepts_tensors(chest_model, explain):
     x = np.random.default_rng(2).standard_normal((2, 3, 96, 96)).astype("float32")
-    a = chexcam.explain(chest_model, x)
-    b = chexcam.explain(chest_model, x)
-    c = chexcam.explain(chest_model, paddle.to_tensor(x))
+    a = explain(chest_model, x)
+    b = explain(chest_model, x)
+    c = explain(chest_model, paddle.to_tensor(x))
     for u, v in ((a, b), (a, c)):
         np.testing.assert_array_equal(u[0], v[0])
         np.testing.assert_array_equal(u[1], v[1])
 
 
-def test_class_selection_by_index_and_name(chest_model):
+def test_class_selection_by_index_and_name(chest_model, explain):
     x = np.random.default_rng(3).standard_normal((2, 3, 64, 64)).astype("float32")
-    _, full = chexcam.explain(chest_model, x, normalize=False, upsample=False)
-    probs, sub = chexcam.explain(chest_model, x, classes=["Cardiomegaly", 13], normalize=False, upsample=False)
+    _, full = explain(chest_model, x, normalize=False, upsample=False)
+    probs, sub = explain(chest_model, x, classes=["Cardiomegaly", 13], normalize=False, upsample=False)
     assert probs.shape == (2, 14) and sub.shape == (2, 2, 2, 2)
     np.testing.assert_allclose(sub, full[:, [1, 13]], rtol=1e-6, atol=1e-6)
     with pytest.raises(chexcam.ChexcamError, match="unknown class 'Cardio'"):
-        chexcam.explain(chest_model, x, classes=["Cardio"])
+        explain(chest_model, x, classes=["Cardio"])
     with pytest.raises(chexcam.ChexcamError, match="out of range"):
-        chexcam.explain(chest_model, x, classes=[14])
+        explain(chest_model, x, classes=[14])
 
 
-def test_upsampled_and_normalized_maps(chest_model):
+def test_upsampled_and_normalized_maps(chest_model, explain):
     x = np.random.default_rng(4).standard_normal((2, 3, 224, 224)).astype("float32")
-    _, raw = chexcam.explain(chest_model, x, normalize=False, upsample=False)
-    _, mm = chexcam.explain(chest_model, x, normalize="minmax")
-    _, gl = chexcam.explain(chest_model, x, normalize="global")
-    _, up = chexcam.explain(chest_model, x, normalize=False, upsample=(100, 120))
+    _, raw = explain(chest_model, x, normalize=False, upsample=False)
+    _, mm = explain(chest_model, x, normalize="minmax")
+    _, gl = explain(chest_model, x, normalize="global")
+    _, up = explain(chest_model, x, normalize=False, upsample=(100, 120))
     assert mm.shape == gl.shape == (2, 14, 224, 224) and up.shape == (2, 14, 100, 120)
     np.testing.assert_allclose(mm.max(axis=(2, 3)), 1.0, atol=1e-6)
     np.testing.assert_allclose(mm.min(axis=(2, 3)), 0.0, atol=1e-6)
@@ -121,23 +129,23 @@ def test_upsampled_and_normalized_maps(chest_model):
     # the per-image order of class maxima follows the raw maps' maxima
     for b in range(2):
         assert np.argmax(gl[b].max(axis=(1, 2))) == np.argmax(raw[b].max(axis=(1, 2)))
-    _, relu = chexcam.explain(chest_model, x, normalize=False, upsample=False, relu=True)
+    _, relu = explain(chest_model, x, normalize=False, upsample=False, relu=True)
     np.testing.assert_array_equal(relu, np.maximum(raw, 0))
 
 
 @pytest.mark.parametrize("mode", ["minmax", "global"])
 def test_constant_maps_normalize_to_zero_not_nan(mode):
-    maps = paddle.full([2, 3, 5, 5], 7.0)
-    out = normalize_maps(maps, mode).numpy()
+    maps = np.full([2, 3, 5, 5], 7.0, np.float32)
+    out = normalize_maps(maps, mode)
     assert not np.isnan(out).any() and (out == 0).all()
 
 
-def test_bad_inputs_are_clear_errors(chest_model):
+def test_bad_inputs_are_clear_errors(chest_model, explain):
     with pytest.raises(chexcam.ChexcamError, match=r"\[B, C, H, W\]"):
-        chexcam.explain(chest_model, np.zeros((3, 64, 64), "float32"))
+        explain(chest_model, np.zeros((3, 64, 64), "float32"))
     with pytest.raises(chexcam.ChexcamError, match="CAM method"):
-        chexcam.explain(chest_model, np.zeros((1, 3, 64, 64), "float32"), method="camm")
+        explain(chest_model, np.zeros((1, 3, 64, 64), "float32"), method="camm")
     with pytest.raises(chexcam.ChexcamError, match="normalization"):
-        chexcam.explain(chest_model, np.zeros((1, 3, 64, 64), "float32"), normalize="max")
+        explain(chest_model, np.zeros((1, 3, 64, 64), "float32"), normalize="max")
     with pytest.raises(chexcam.ChexcamError, match="no layer"):
-        chexcam.explain(chest_model, np.zeros((1, 3, 64, 64), "float32"), layer="backbone.nope")
+        explain(chest_model, np.zeros((1, 3, 64, 64), "float32"), layer="backbone.nope")

@@ -1,10 +1,11 @@
-"""Weight conversion without torch: the Paddle reproduction's layouts, error lists, no partial files, the tool."""
+"""Weight conversion without torch: the release's legacy file, Paddle layouts, error lists, no partial files, the tool."""
 
 import json
 import os
 import re
 import subprocess
 import sys
+from collections import OrderedDict
 
 import numpy as np
 import paddle
@@ -16,6 +17,7 @@ from chexcam.errors import WeightsError
 from chexcam.weights import load_weights
 
 from .conftest import ROOT
+from .test_serialization import FakeStorage, FakeTensor, write_evil, write_legacy
 
 # paddle.vision structured name -> PaddleClas parameter name (the Paddle reproduction's ParamAttr names)
 _BN = {"weight": "bn_scale", "bias": "bn_offset", "_mean": "bn_mean", "_variance": "bn_variance"}
@@ -143,3 +145,76 @@ def test_tool_converts_and_reports_errors_in_one_line(tmp_path, reference):
                           "--out", str(tmp_path / "x.pdparams")], capture_output=True, text=True)
     assert bad.returncode == 2 and "Traceback" not in bad.stderr
     assert bad.stderr.strip().splitlines()[-1].startswith("error: checkpoint not found")
+
+
+def _release_name(key):
+    """chexcam name -> the CheXNet release's name (torchvision < 0.4 spelling, DataParallel prefix)."""
+    bn = {"weight": "weight", "bias": "bias", "_mean": "running_mean", "_variance": "running_var"}
+    leaf = key.rsplit(".", 1)[1]
+    if key.startswith("head."):
+        return f"module.densenet121.classifier.0.{leaf}"
+    m = re.match(r"backbone\.db_conv_(\d+)\.conv\d+_(\d+)\.bn_ac_func([12])\.(_conv|_batch_norm)\.", key)
+    if m:
+        b, lyr, i, kind = m.groups()
+        part = f"conv.{i}.weight" if kind == "_conv" else f"norm.{i}.{bn[leaf]}"
+        return f"module.densenet121.features.denseblock{int(b) - 1}.denselayer{lyr}.{part}"
+    m = re.match(r"backbone\.tr_conv(\d+)_blk\.conv_ac_func\.(_conv|_batch_norm)\.", key)
+    if m:
+        part = "conv.weight" if m.group(2) == "_conv" else f"norm.{bn[leaf]}"
+        return f"module.densenet121.features.transition{int(m.group(1)) - 1}.{part}"
+    stem = "conv0" if key.startswith("backbone.conv1_func._conv") else \
+        "norm0" if key.startswith("backbone.conv1_func") else "norm5"
+    return f"module.densenet121.features.{stem}.{'weight' if stem == 'conv0' else bn[leaf]}"
+
+
+def _write_release(path, reference):
+    """The 2017 release's file as torch 0.3 wrote it (legacy format, CUDA storages), built without torch.
+
+    The head is stored the way a transposed torch tensor is: paddle's [C, K] bytes with strides (1, K).
+    """
+    state = OrderedDict()
+    for i, (key, value) in enumerate(reference.items()):
+        storage = FakeStorage(value, "FloatStorage", str(94000000 + i), module="torch.cuda", location="cuda:0")
+        if key == "head.weight":
+            tensor = FakeTensor(storage, 0, value.shape[::-1], (1, value.shape[1]), v2=False)
+        else:
+            tensor = FakeTensor(storage, 0, value.shape, [int(s) // 4 for s in value.strides], v2=False)
+        state[_release_name(key)] = tensor
+    write_legacy(path, {"epoch": 9, "arch": "densenet121", "state_dict": state, "best_loss": 0.1489,
+                        "optimizer": {"state": {}, "param_groups": [{"lr": 1e-4, "params": [1, 2]}]}})
+
+
+def test_release_format_converts_without_torch(tmp_path, reference):
+    src = str(tmp_path / "model.pth.tar")
+    _write_release(src, reference)
+    report = convert_file(src, str(tmp_path / "out.pdparams"))
+    assert report["source_format"] == "chexnet_pth" and report["stripped_prefix"] == "module.densenet121."
+    assert report["tensors"] == len(reference) and report["num_classes"] == 14
+    _assert_same(tmp_path / "out.pdparams", reference)
+
+
+def test_tool_needs_no_torch_and_has_no_trust_option(tmp_path, reference):
+    """The tool in a Python where ``import torch`` fails converts the release; --trust-pickle is gone."""
+    src = str(tmp_path / "model.pth.tar")
+    _write_release(src, reference)
+    tool = os.path.join(ROOT, "tools", "convert_weights.py")
+    cfg = os.path.join(ROOT, "configs", "chestxray14.yaml")
+    no_torch = ("import runpy, sys; sys.modules['torch'] = None; sys.argv = sys.argv[1:]; "
+                "runpy.run_path(sys.argv[0], run_name='__main__')")
+    ok = subprocess.run([sys.executable, "-c", no_torch, tool, "-c", cfg, "-q", "--src", src,
+                         "--out", str(tmp_path / "w.pdparams")], capture_output=True, text=True, timeout=300)
+    assert ok.returncode == 0, ok.stderr
+    assert "chexnet_pth ->" in ok.stdout
+    _assert_same(tmp_path / "w.pdparams", reference)
+    old = subprocess.run([sys.executable, tool, "-c", cfg, "--src", src, "--out", str(tmp_path / "x.pdparams"),
+                          "--trust-pickle"], capture_output=True, text=True, timeout=300)
+    assert old.returncode == 2 and "unrecognized arguments: --trust-pickle" in old.stderr
+
+
+def test_malicious_sources_are_refused_and_nothing_is_written(tmp_path):
+    marker = str(tmp_path / "pwned")
+    for fmt in ("legacy", "zip", "pdparams"):
+        src = write_evil(str(tmp_path / f"src_{fmt}.pth"), fmt, "builtins.exec", marker)
+        with pytest.raises(WeightsError, match=r"refused to load .*: it references builtins\.exec"):
+            convert_file(src, str(tmp_path / "out.pdparams"))
+    assert not os.path.exists(marker) and not os.path.exists(tmp_path / "out.pdparams")

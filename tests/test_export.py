@@ -10,11 +10,12 @@ import paddle
 import pytest
 
 import chexcam
+from chexcam.cam.graph import CamGraph
 from chexcam.data.io import read_image
-from chexcam.data.transforms import EvalTransform
+from chexcam.data.transforms import eval_transform
+from chexcam.engine.export import export_from_config
 from chexcam.errors import ChexcamError
-from chexcam.export import CamGraph, export_from_config, export_model
-from chexcam.inference import PredictorExplainer, set_fast_cam
+from chexcam.serving import Predictor, export_model
 
 from .conftest import ROOT
 
@@ -22,18 +23,14 @@ SAMPLES = os.path.join(ROOT, "data", "chestxray14_sample", "images")
 
 
 def bundled_batch(cfg):
-    tf = EvalTransform.from_config(cfg)
+    tf = eval_transform(cfg)
     files = sorted(f for f in os.listdir(SAMPLES) if f.endswith(".png"))
     return np.stack([tf(read_image(os.path.join(SAMPLES, f)))[0] for f in files])
 
 
 def dynamic(model, x, **kw):
-    """explain on paddle's dynamic graph (the fast path off), the reference of every comparison here."""
-    set_fast_cam(False)
-    try:
-        return chexcam.explain(model, x, **kw)
-    finally:
-        set_fast_cam(None)
+    """explain on paddle's dynamic graph, the reference of every comparison here."""
+    return chexcam.explain(model, x, **kw)
 
 
 def assert_maps_close(got, ref, rel=1e-5):
@@ -57,7 +54,7 @@ def exported(tmp_path_factory, chest_cfg):
 def test_exported_model_matches_dynamic_graph_on_bundled_images(exported):
     cfg, model, summary = exported
     x = bundled_batch(cfg)
-    probs, maps = PredictorExplainer(summary["dir"])(x)
+    probs, maps = Predictor(summary["dir"])(x)
     ref_p, ref_m = dynamic(model, x, normalize=False, upsample=False)
     assert probs.shape == (3, 14) and maps.shape == (3, 14, 7, 7)
     np.testing.assert_allclose(probs, ref_p, atol=1e-5, rtol=0)
@@ -74,7 +71,7 @@ def test_export_metadata_and_dynamic_shapes(exported):
     assert meta["outputs"] == ["probs", "maps"] and meta["labels"] == list(cfg.data.labels)
     assert meta["input"]["shape"] == [None, 3, None, None]
     x = np.random.default_rng(0).standard_normal((2, 3, 160, 96)).astype("float32")
-    probs, maps = PredictorExplainer(summary["dir"])(x)
+    probs, maps = Predictor(summary["dir"])(x)
     ref_p, ref_m = dynamic(model, x, normalize=False, upsample=False)
     assert maps.shape == (2, 14, 5, 3)
     np.testing.assert_allclose(probs, ref_p, atol=1e-5, rtol=0)
@@ -95,10 +92,10 @@ def test_cam_graph_is_hook_free_and_leaves_the_model_alone(chest_model):
 
 
 def test_bad_models_and_folders_are_clear_errors(tmp_path):
-    with pytest.raises(ChexcamError, match="cannot be exported with its CAM"):
+    with pytest.raises(ChexcamError, match="cannot export Linear with its CAM"):
         CamGraph(paddle.nn.Linear(3, 2))
     with pytest.raises(ChexcamError, match="no exported model in"):
-        PredictorExplainer(str(tmp_path))
+        Predictor(str(tmp_path))
 
 
 def test_export_from_config_refuses_missing_weights(tmp_path):
@@ -119,7 +116,7 @@ def test_export_tool_error_is_one_line(tmp_path):
 def test_onnx_export_matches_paddle(exported, tmp_path):
     pytest.importorskip("paddle2onnx", reason="ONNX export needs the [onnx] extra (paddle2onnx)")
     pytest.importorskip("onnxruntime", reason="the ONNX check needs the [onnx] extra (onnxruntime)")
-    from chexcam.export import check_onnx, export_onnx
+    from chexcam.serving.onnx import check_onnx, export_onnx
 
     _, _, summary = exported
     path = export_onnx(summary["dir"], str(tmp_path / "model.onnx"))

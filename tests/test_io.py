@@ -67,6 +67,7 @@ def test_bundled_nih_rgba_image_reads_as_rgb():
     assert out.shape == (1024, 1024, 3) and out.dtype == np.uint8
 
 
+@pytest.mark.shared_data
 def test_shared_nih_images_all_decode():
     folder = shared_path("chestxray14", "images")
     pngs = sorted(f for f in os.listdir(folder) if f.endswith(".png"))

@@ -50,6 +50,7 @@ def test_read_bbox_csv_quirks(tmp_path):
         read_bbox_csv(str(tmp_path / "none.csv"))
 
 
+@pytest.mark.shared_data
 def test_real_box_list_has_984_boxes_on_880_images():
     gt = read_bbox_csv(shared_path("chestxray14", "metadata", "BBox_List_2017.csv"))
     assert len(gt) == 880 and sum(len(v) for v in gt.values()) == 984
@@ -93,14 +94,14 @@ def _synthetic_boxed_set(tmp_path):
 
 
 def test_benchmark_on_synthetic_set_warns_about_training_images(tmp_path):
-    from chexcam.engine import infer
+    from chexcam.engine import localization
 
     img_dir, csv, train = _synthetic_boxed_set(tmp_path)
     cfg = chexcam.load_config(CHEST, ["model.name=densenet_tiny", "model.allow_random=true", "device=cpu",
                                       f"output_dir={tmp_path / 'out'}", f"localization.bbox_csv={csv}",
                                       f"localization.images={img_dir}", f"localization.train_list={train}",
                                       "data.resize=64", "data.crop=56"])
-    res = infer.eval_localization(cfg)
+    res = localization.eval_localization(cfg)
     assert res["images"] == 3 and res["train_overlap"] == 1
     assert "WARNING: 1 of the 3 boxed images evaluated are in the training split" in res["report"]
     assert res["results"]["Mass"]["n_boxes"] == 1 and res["results"]["Infiltration"]["n_boxes"] == 1
@@ -114,18 +115,18 @@ def test_benchmark_on_synthetic_set_warns_about_training_images(tmp_path):
 
 
 def test_benchmark_errors_are_one_line(tmp_path):
-    from chexcam.engine import infer
+    from chexcam.engine import localization
 
     img_dir, csv, _ = _synthetic_boxed_set(tmp_path)
     base = ["model.name=densenet_tiny", "model.allow_random=true", f"output_dir={tmp_path}"]
     with pytest.raises(chexcam.ChexcamError, match="bbox_csv not found"):
-        infer.eval_localization(chexcam.load_config(CHEST, base + ["localization.bbox_csv=/nope.csv"]))
+        localization.eval_localization(chexcam.load_config(CHEST, base + ["localization.bbox_csv=/nope.csv"]))
     with pytest.raises(chexcam.ChexcamError, match="none of the 4 boxed images"):
-        infer.eval_localization(chexcam.load_config(CHEST, base + [f"localization.bbox_csv={csv}",
+        localization.eval_localization(chexcam.load_config(CHEST, base + [f"localization.bbox_csv={csv}",
                                                                    f"localization.images={tmp_path}"]))
     malaria = os.path.join(ROOT, "configs", "malaria.yaml")
     with pytest.raises(chexcam.ChexcamError, match="none of the box findings"):
-        infer.eval_localization(chexcam.load_config(malaria, base + [f"localization.bbox_csv={csv}"]))
+        localization.eval_localization(chexcam.load_config(malaria, base + [f"localization.bbox_csv={csv}"]))
 
 
 @pytest.mark.shared_data

@@ -23,5 +23,6 @@ def test_quickstart_notebook_executes(tmp_path, monkeypatch):
     outputs = "".join(o.get("text", "") for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", []))
     assert "maps (3, 14, 224, 224)" in outputs
     assert '"Cardiomegaly"' in outputs
+    assert "Explainer (predictor)" in outputs and "explain (dynamic graph)" in outputs
     assert any(o.get("output_type") == "display_data" and "image/png" in o.get("data", {})
                for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", []))

@@ -10,9 +10,9 @@ from chexcam.cli import run_tool
 
 
 def main(cfg, args):
-    from chexcam.engine import infer
+    from chexcam.engine import localization
 
-    result = infer.eval_localization(cfg)
+    result = localization.eval_localization(cfg)
     print(result["report"])
     print(f"report and results.json in {result['output_dir']}")
     return 0

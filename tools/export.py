@@ -11,7 +11,7 @@ from chexcam.cli import run_tool
 
 
 def main(cfg, args):
-    from chexcam.export import export_from_config
+    from chexcam.engine.export import export_from_config
 
     summary = export_from_config(cfg)
     print(f"exported to {summary['dir']} (Paddle Inference vs dynamic graph: max probability difference "

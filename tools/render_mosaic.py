@@ -11,10 +11,10 @@ from chexcam.cli import build_parser, run_tool
 
 
 def main(cfg, args):
-    from chexcam.engine import infer
+    from chexcam.engine import sheets
 
     classes = [c for c in args.classes.split(",") if c] if args.classes else None
-    out = infer.render_sheet(cfg, classes=classes, limit=args.limit, truth=args.truth, source=args.source,
+    out = sheets.render_sheet(cfg, classes=classes, limit=args.limit, truth=args.truth, source=args.source,
                              out=args.out, tile=args.tile, wrap=args.wrap)
     print(f"contact sheet of {out['images']} images x {', '.join(out['classes'])}: {out['path']}")
     return 0

@@ -8,8 +8,8 @@ import numpy as np
 from paddle import nn
 
 from ..registry import CAM_METHODS
-from .base import BaseCAM, GradBaseCAM, capture_output, eval_mode, normalize_maps
-from .cam import CAM
+from .base import BaseCAM, BaseGradCAM, capture_output, eval_mode, find_layer, resolve_classes
+from .cam import CAM, cam_maps
 from .gradcam import GradCAM
 from .gradcampp import GradCAMPlusPlus
 
@@ -29,7 +29,12 @@ def explain(
     relu: bool = False,
     layer: Optional[str] = None,
 ) -> Tuple[np.ndarray, np.ndarray]:
-    """Probabilities and class maps for a preprocessed batch, all classes in one pass.
+    """Probabilities and class maps for a preprocessed batch, all classes in one pass: the reference.
+
+    Runs the model's dynamic graph with a hook borrowed for this one call. Nothing is cached, nothing is
+    written to disk, no state is kept between calls: the result is always that of the model as it is now.
+    For repeated calls on a fixed model, :class:`chexcam.Explainer` runs the same computation through
+    Paddle Inference and is checked against this function when it is built.
 
     Args:
         model: a chexcam model, or any Layer returning logits ``[B, K]`` (for the gradient methods
@@ -44,22 +49,10 @@ def explain(
 
     Returns:
         ``probs [B, K]`` (sigmoid of the logits) and ``maps [B, K', H', W']``, float32 numpy.
-
-    On a CPU, ``method="cam"`` on a chexcam model runs through a Paddle Inference predictor of the model and
-    its CAM, exported once per weights state into ``$CHEXCAM_CACHE_DIR`` (default ``~/.cache/chexcam``) and
-    checked against the dynamic graph on first use; set ``CHEXCAM_FAST_CAM=0`` to always use the dynamic
-    graph (see :mod:`chexcam.inference`). Hooks, other layers and gradient methods use the dynamic graph.
     """
-    if method == "cam":
-        # CPU: the model + CAM exported once per weights state and run by a cached oneDNN predictor
-        # (~3x paddle's dynamic graph, same numbers within 1e-5); None whenever the dynamic graph must answer
-        from ..inference import fast_explain
-
-        out = fast_explain(model, x, method, classes, normalize, upsample, relu, layer)
-        if out is not None:
-            return out
     cam = CAM_METHODS.get(method)(model, layer)
     return cam(x, classes=classes, normalize=normalize, upsample=upsample, relu=relu)
 
 
-__all__ = ["BaseCAM", "GradBaseCAM", "CAM", "GradCAM", "GradCAMPlusPlus", "explain", "list_cam_methods", "capture_output", "eval_mode", "normalize_maps"]
+__all__ = ["BaseCAM", "BaseGradCAM", "CAM", "GradCAM", "GradCAMPlusPlus", "explain", "list_cam_methods",
+           "capture_output", "eval_mode", "find_layer", "resolve_classes", "cam_maps"]

@@ -12,14 +12,11 @@ from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import paddle
-import paddle.nn.functional as F
 from paddle import nn
 
 from ..errors import ChexcamError
-
-NORMALIZE_MODES = ("none", "minmax", "global")
-#: Smallest max-min range treated as non-constant; a flatter map normalizes to all zeros, never NaN.
-EPS = 1e-7
+from ..postprocess import normalize_mode, postprocess, upsample_size
+from ..utils import did_you_mean
 
 ClassSpec = Union[None, int, str, Sequence[Union[int, str]]]
 
@@ -35,11 +32,8 @@ def find_layer(model: nn.Layer, name: Optional[str]) -> nn.Layer:
             )
     layers = dict(model.named_sublayers())
     if name not in layers:
-        import difflib
-
-        close = difflib.get_close_matches(name, list(layers), n=1)
-        hint = f"; did you mean '{close[0]}'?" if close else ""
-        raise ChexcamError(f"model has no layer '{name}'{hint}")
+        raise ChexcamError(f"{type(model).__name__} has no layer '{name}'{did_you_mean(name, layers, cutoff=0.4)} "
+                           "(names as in model.named_sublayers())")
     return layers[name]
 
 
@@ -84,11 +78,8 @@ def resolve_classes(classes: ClassSpec, num_classes: int, labels: Optional[Seque
     for c in classes:
         if isinstance(c, str):
             if not labels or c not in labels:
-                import difflib
-
-                close = difflib.get_close_matches(c, list(labels or []), n=1)
-                hint = f"; did you mean '{close[0]}'?" if close else ""
-                raise ChexcamError(f"unknown class '{c}'{hint} (known: {', '.join(labels or [])})")
+                raise ChexcamError(f"unknown class '{c}'{did_you_mean(c, labels or [])} "
+                                   f"(known: {', '.join(labels or []) or 'none: the model has no labels'})")
             out.append(list(labels).index(c))
         else:
             c = int(c)
@@ -96,56 +87,6 @@ def resolve_classes(classes: ClassSpec, num_classes: int, labels: Optional[Seque
                 raise ChexcamError(f"class index {c} out of range for a model with {num_classes} classes")
             out.append(c)
     return out
-
-
-def normalize_mode(normalize: Union[bool, str]) -> str:
-    """``True`` -> ``"minmax"``, ``False`` -> ``"none"``, a mode name checked against :data:`NORMALIZE_MODES`."""
-    mode = {True: "minmax", False: "none"}[normalize] if isinstance(normalize, bool) else normalize
-    if mode not in NORMALIZE_MODES:
-        raise ChexcamError(f"unknown normalization '{mode}'; expected one of {', '.join(NORMALIZE_MODES)}")
-    return mode
-
-
-def normalize_maps_np(maps: np.ndarray, mode: str, inplace: bool = False) -> np.ndarray:
-    """NumPy twin of :func:`normalize_maps` for ``[..., K, H, W]`` maps, NaN-aware.
-
-    ``minmax`` scales each map over its last two axes, ``global`` over the last three (all classes of an
-    image). NaN (no crop saw that pixel) stays NaN and is ignored by the min and max; a map whose finite
-    range is below ``EPS`` becomes zeros. ``inplace`` reuses a float32 ``maps`` for the result (14 maps
-    of a 1024x1024 image are 56 MB).
-    """
-    if mode == "none":
-        return maps
-    axes = (-2, -1) if mode == "minmax" else (-3, -2, -1)
-    lo = np.fmin.reduce(maps, axis=axes, keepdims=True)  # fmin/fmax skip NaN without a copy
-    hi = np.fmax.reduce(maps, axis=axes, keepdims=True)
-    rng = np.nan_to_num(hi - lo, nan=0.0)  # an all-NaN map has no range
-    ok = rng > EPS
-    into = maps if inplace and maps.dtype == np.float32 else None
-    out = np.subtract(maps, np.where(ok, lo, 0.0), out=into, dtype=np.float32)  # NaN stays NaN
-    out /= np.where(ok, rng, 1.0)
-    if not ok.all():  # rare: a constant map becomes zeros (NaN where not covered), never NaN everywhere
-        out[np.broadcast_to(~ok, out.shape) & np.isfinite(out)] = 0.0
-    return out
-
-
-def normalize_maps(maps: paddle.Tensor, mode: str = "minmax", eps: float = EPS) -> paddle.Tensor:
-    """Scale ``[B, K, H, W]`` maps to [0, 1].
-
-    ``minmax``: each map by its own min and max. ``global``: one min and max over all K maps of an
-    image, so a class with a weak map stays cold next to a strong one. ``none``: unchanged. A map whose
-    range is below ``eps`` becomes all zeros (never NaN).
-    """
-    if mode == "none":
-        return maps
-    if mode not in NORMALIZE_MODES:
-        raise ChexcamError(f"unknown normalization '{mode}'; expected one of {', '.join(NORMALIZE_MODES)}")
-    axes = [2, 3] if mode == "minmax" else [1, 2, 3]
-    lo = maps.min(axis=axes, keepdim=True)
-    hi = maps.max(axis=axes, keepdim=True)
-    rng = hi - lo
-    safe = paddle.where(rng > eps, rng, paddle.ones_like(rng))
-    return paddle.where(rng > eps, (maps - lo) / safe, paddle.zeros_like(maps))
 
 
 def to_tensor(x) -> paddle.Tensor:
@@ -166,7 +107,8 @@ class BaseCAM:
 
     Subclasses set ``needs_grad`` and implement :meth:`class_maps`. Calling an instance runs one forward
     pass (plus a backward pass for gradient methods) with a temporary hook on ``target_layer`` and
-    returns ``(probs, maps)`` as float32 numpy arrays.
+    returns ``(probs, maps)`` as float32 numpy arrays; ReLU, upsampling and normalization are
+    :func:`chexcam.postprocess.postprocess`, the same code every other path uses.
     """
 
     needs_grad = False
@@ -221,19 +163,12 @@ class BaseCAM:
                     num_classes = int(self.model(x[:1]).shape[-1])
             idx = resolve_classes(classes, num_classes, getattr(self.model, "labels", None))
             logits, maps = self.forward(x, idx)
-        maps = maps.detach()
-        if relu:
-            maps = F.relu(maps)
-        if upsample:
-            size = tuple(x.shape[2:]) if upsample is True else tuple(upsample)
-            if tuple(maps.shape[2:]) != size:
-                maps = F.interpolate(maps, size=size, mode="bilinear", align_corners=False)
-        maps = normalize_maps(maps, mode)
-        probs = F.sigmoid(logits.detach())
-        return probs.numpy().astype(np.float32), maps.numpy().astype(np.float32)
+        probs = paddle.nn.functional.sigmoid(logits.detach()).numpy().astype(np.float32)
+        raw = maps.detach().numpy().astype(np.float32)
+        return probs, postprocess(raw, upsample_size(upsample, x.shape[2:]), mode, relu)
 
 
-class GradBaseCAM(BaseCAM):
+class BaseGradCAM(BaseCAM):
     """Base of the gradient methods: one backward pass per selected class, channel weights from gradients.
 
     The target of class ``c`` is its own logit ``y^c = z_c`` (the input of its own sigmoid,

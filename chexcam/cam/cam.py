@@ -12,6 +12,18 @@ from ..registry import CAM_METHODS
 from .base import BaseCAM
 
 
+def cam_maps(feats: paddle.Tensor, weight: paddle.Tensor) -> paddle.Tensor:
+    """``maps[b, k] = sum_c weight[c, k] * feats[b, c]``: ``[B, C, h, w]`` x ``[C, K]`` -> ``[B, K, h, w]``.
+
+    The one implementation of the CAM weighting, used by :class:`CAM` (hook) and by
+    :class:`chexcam.cam.graph.CamGraph` (export). One GEMM per image (``[K, C] x [C, h*w]``), no einsum, so
+    the exported graph converts to ONNX as it is.
+    """
+    shape = paddle.shape(feats)
+    flat = paddle.matmul(weight, paddle.flatten(feats, start_axis=2), transpose_x=True)
+    return paddle.reshape(flat, [shape[0], -1, shape[2], shape[3]])
+
+
 def linear_head(model: nn.Layer) -> nn.Linear:
     """The model's ``head`` Linear layer (weight ``[C, K]``), which CAM needs."""
     head = getattr(model, "head", None)
@@ -33,7 +45,8 @@ class CAM(BaseCAM):
 
         M_c(x, y) = sum_k w_{c,k} f_k(x, y)
 
-    computed for all selected classes by one ``einsum("bchw,ck->bkhw", f, W)``. Because the head sees
+    computed for all selected classes at once by :func:`cam_maps` (``einsum("bchw,ck->bkhw", f, W)`` as one
+    GEMM per image). Because the head sees
     the global average of ``f``, the raw map is in logit units: ``mean_{x,y} M_c + b_c = logit_c``.
     """
 
@@ -50,4 +63,4 @@ class CAM(BaseCAM):
             )
         if len(classes) != weight.shape[1]:
             weight = paddle.index_select(weight, paddle.to_tensor(classes, dtype="int64"), axis=1)
-        return paddle.einsum("bchw,ck->bkhw", feats, weight)
+        return cam_maps(feats, weight)

@@ -5,11 +5,11 @@ from __future__ import annotations
 import paddle
 
 from ..registry import CAM_METHODS
-from .base import GradBaseCAM
+from .base import BaseGradCAM
 
 
 @CAM_METHODS.register("gradcam")
-class GradCAM(GradBaseCAM):
+class GradCAM(BaseGradCAM):
     r"""Gradient-weighted Class Activation Mapping (Selvaraju et al., "Grad-CAM: Visual Explanations from
     Deep Networks via Gradient-based Localization", ICCV 2017).
 

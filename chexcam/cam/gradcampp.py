@@ -6,11 +6,11 @@ import paddle
 import paddle.nn.functional as F
 
 from ..registry import CAM_METHODS
-from .base import GradBaseCAM
+from .base import BaseGradCAM
 
 
 @CAM_METHODS.register("gradcampp")
-class GradCAMPlusPlus(GradBaseCAM):
+class GradCAMPlusPlus(BaseGradCAM):
     r"""Grad-CAM++ (Chattopadhay et al., "Grad-CAM++: Generalized Gradient-Based Visual Explanations for
     Deep Convolutional Networks", WACV 2018).
 

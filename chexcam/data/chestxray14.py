@@ -29,6 +29,7 @@ import numpy as np
 from ..errors import DataError
 from ..labels import CHESTXRAY14_LABELS
 from ..registry import DATASETS
+from .io import read_list
 from .samples import Sample, SplitSet, carve_patients, random_patient_split
 
 logger = logging.getLogger(__name__)
@@ -126,14 +127,6 @@ def index_images(root: Optional[str]) -> Dict[str, str]:
     return found
 
 
-def read_list(path: str) -> List[str]:
-    try:
-        with open(path, encoding="utf-8") as fh:
-            return [ln.split()[0] for ln in fh if ln.strip()]
-    except OSError as exc:
-        raise DataError(f"cannot read split list {path}: {exc.strerror}") from None
-
-
 def find_split_dir(cfg, names: Sequence[str], extra: Iterable[str] = ()) -> str:
     dirs = [cfg.data.split_dir] if cfg.data.split_dir else list(extra) + _search_dirs(cfg.data.root)
     for d in dirs:
@@ -199,8 +192,8 @@ def chestxray14(cfg) -> SplitSet:
 
     if mode == "official":
         d = find_split_dir(cfg, ("train_val_list.txt", "test_list.txt"))
-        train_val = from_meta(read_list(os.path.join(d, "train_val_list.txt")), "train_val_list.txt")
-        test = from_meta(read_list(os.path.join(d, "test_list.txt")), "test_list.txt")
+        train_val = from_meta(read_list(os.path.join(d, "train_val_list.txt"), what="split list"), "train_val_list.txt")
+        test = from_meta(read_list(os.path.join(d, "test_list.txt"), what="split list"), "test_list.txt")
         train, val = carve_patients(train_val, cfg.data.val_fraction, seed)
         splits = {"train": train, "val": val, "test": test}
         info["split_dir"] = d

@@ -1,7 +1,8 @@
 """The data interface the engines use: ``build_split(cfg, split) -> [Sample]`` and a paddle Dataset.
 
 ``build_split`` dispatches on ``data.dataset`` through :data:`chexcam.registry.DATASETS`
-(``chestxray14``, ``malaria``, ``csv``) and logs image and positive counts per class and split.
+(``chestxray14``, ``chexpert``, ``mimic_cxr``, ``malaria``, ``csv``) and logs image and positive counts
+per class and split.
 :class:`ImageDataset` decodes one image per item (never the whole dataset) and, when an image is bad,
 returns a zero tensor with ``ok = 0`` instead of raising inside a loader worker: the engine then
 either stops with a one-line error naming the file (``data.on_bad_image: error``) or drops the item
@@ -21,7 +22,7 @@ import paddle
 
 from ..errors import BadImageError, DataError
 from ..registry import DATASETS
-from . import chestxray14, csv_dataset, malaria  # noqa: F401  (register the datasets)
+from . import chestxray14, chexpert, csv_dataset, malaria, mimic_cxr  # noqa: F401  (register the datasets)
 from .cache import cache_folder, cache_path
 from .io import read_image
 from .samples import SPLITS, Sample, SplitSet, log_counts
@@ -42,7 +43,7 @@ _MEMO: Dict[tuple, SplitSet] = {}
 def _memo_key(cfg) -> tuple:
     d = cfg.data
     return (d.dataset, d.root, tuple(d.labels), d.metadata, d.split_mode, d.split_dir, d.view,
-            d.val_fraction, d.test_fraction, d.csv, d.path_column, cfg.seed)
+            d.val_fraction, d.test_fraction, d.csv, d.path_column, d.uncertain, d.blank, cfg.seed)
 
 
 def build_splits(cfg) -> SplitSet:
@@ -61,7 +62,8 @@ def build_splits(cfg) -> SplitSet:
 def build_split(cfg, split: str) -> List[Sample]:
     """Samples of ``split`` (``train``, ``val`` or ``test``) of the configured dataset.
 
-    Each :class:`Sample` has ``path`` (str), ``target`` (float32 ``[K]``, 0/1 in ``data.labels`` order)
+    Each :class:`Sample` has ``path`` (str), ``target`` (float32 ``[K]``, 0/1 in ``data.labels`` order,
+    NaN for a label to ignore: CheXpert/MIMIC-CXR uncertain or blank labels under ``ignore``)
     and ``patient`` (str or None). Splits are patient-disjoint and depend only on the config and seed.
     """
     if split not in SPLITS:

@@ -10,12 +10,15 @@ DICOM files (by extension ``.dcm``/``.dicom`` or the ``DICM`` magic at byte 128)
 
 from __future__ import annotations
 
+import csv
+import glob
 import os
+from typing import List
 
 import cv2
 import numpy as np
 
-from ..errors import BadImageError
+from ..errors import BadImageError, DataError
 
 _PNG_SIG = b"\x89PNG\r\n\x1a\n"
 _PNG_END = b"IEND\xaeB`\x82"
@@ -153,3 +156,56 @@ def read_image(path: str) -> np.ndarray:
     if img is None or img.size == 0:
         raise BadImageError(f"cannot decode image (corrupt or not an image): {path}")
     return to_rgb(img, path)
+
+
+# ---------------------------------------------------------------------------------------------
+# lists of images: the one reader of image lists and folders
+
+IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff") + DICOM_EXTS
+
+
+def read_list(path: str, column: str = "path", what: str = "list") -> List[str]:
+    """Names from a CSV (column ``column``, else ``path``, ``Image Index`` or the first) or a text file
+    (first whitespace-separated field per line; blank lines and ``#`` comments skipped), as written.
+
+    Raises:
+        DataError: the file cannot be read or decoded as UTF-8 (one line naming it and ``what`` it is).
+    """
+    try:
+        with open(path, newline="", encoding="utf-8") as fh:
+            if path.lower().endswith(".csv"):
+                reader = csv.reader(fh)
+                header = [h.strip() for h in next(reader, [])]
+                col = next((header.index(c) for c in (column, "path", "Image Index") if c in header), 0)
+                return [row[col].strip() for row in reader if len(row) > col and row[col].strip()]
+            return [line.split()[0] for line in fh if line.strip() and not line.lstrip().startswith("#")]
+    except OSError as exc:
+        raise DataError(f"cannot read {what} {path}: {exc.strerror or exc}") from None
+    except UnicodeDecodeError as exc:
+        raise DataError(f"cannot read {what} {path}: not UTF-8 text (byte {exc.start})") from None
+
+
+def list_images(spec: str) -> List[str]:
+    """One file, a folder (its images, sorted) or a glob pattern -> paths, each real file once.
+
+    Raises:
+        DataError: nothing exists at ``spec`` or it matched no image.
+    """
+    if os.path.isdir(spec):
+        files = [os.path.join(spec, f) for f in sorted(os.listdir(spec)) if f.lower().endswith(IMAGE_EXTS)]
+    elif any(ch in spec for ch in "*?["):
+        files = sorted(f for f in glob.glob(spec, recursive=True) if os.path.isfile(f))
+    elif os.path.isfile(spec):
+        files = [spec]
+    else:
+        raise DataError(f"input not found: {spec} (expected an image, a folder, a glob, a .csv/.txt list "
+                        "or split:train|val|test)")
+    seen, unique = set(), []
+    for f in files:  # a '**' glob through a link reaches the same file by several names
+        real = os.path.realpath(f)
+        if real not in seen:
+            seen.add(real)
+            unique.append(f)
+    if not unique:
+        raise DataError(f"input {spec} matched no images ({', '.join(IMAGE_EXTS)})")
+    return unique

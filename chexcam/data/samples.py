@@ -111,7 +111,7 @@ def log_counts(splits: Dict[str, List[Sample]], labels: Sequence[str], name: str
     out = {}
     for split in SPLITS:
         items = splits.get(split, [])
-        pos = np.sum([s.target for s in items], axis=0) if items else np.zeros(len(labels))
+        pos = np.nansum([s.target for s in items], axis=0) if items else np.zeros(len(labels))
         patients = len({s.patient for s in items if s.patient is not None})
         out[split] = {"images": len(items), "patients": patients,
                       "positives": {lab: int(p) for lab, p in zip(labels, pos)}}

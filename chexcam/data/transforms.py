@@ -7,11 +7,14 @@ pixel coordinates (the coordinates of NIH's ``BBox_List_2017.csv`` for a 1024x10
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import List, Sequence, Tuple
 
 import cv2
 import numpy as np
+
+from ..postprocess import resize_maps
 
 
 @dataclass(frozen=True)
@@ -55,6 +58,27 @@ class Geometry:
         return out.reshape(*lead, self.orig_h, self.orig_w)
 
 
+    def maps_to_original(self, maps: np.ndarray, interp: str = "linear") -> np.ndarray:
+        """``[K, h, w]`` maps of this crop (any resolution) -> ``[K, orig_h, orig_w]``, NaN exactly where no
+        crop pixel lies.
+
+        The maps are first resized to the network input (``interp``: ``linear``, or ``nearest`` to keep the
+        feature cells visible). A pixel is covered when its centre falls inside the crop; sampling uses a
+        one-pixel replicated rim so the crop's last row and column do not interpolate with the NaN outside
+        (which :meth:`map_to_original` alone would turn into a NaN seam along the crop's edge).
+        """
+        maps = resize_maps(maps, (self.out_h, self.out_w), interp)
+        padded = np.pad(maps, ((0, 0), (1, 1), (1, 1)), mode="edge")
+        rim = dataclasses.replace(self, x0=self.x0 - 1, y0=self.y0 - 1, out_h=self.out_h + 2, out_w=self.out_w + 2)
+        full = rim.map_to_original(padded, fill=np.nan)
+        u = (np.arange(self.orig_w) + 0.5) * self.sx - self.x0
+        v = (np.arange(self.orig_h) + 0.5) * self.sy - self.y0
+        outside = ~(((v >= 0) & (v < self.out_h))[:, None] & ((u >= 0) & (u < self.out_w))[None, :])
+        if outside.any():
+            full[:, outside] = np.nan
+        return full
+
+
 def resize_shorter(img: np.ndarray, size: int) -> Tuple[np.ndarray, float, float]:
     """Resize so the shorter side is ``size`` (area interpolation when shrinking); returns scales."""
     h, w = img.shape[:2]
@@ -96,10 +120,6 @@ class EvalTransform:
     def __call__(self, img: np.ndarray) -> Tuple[np.ndarray, Geometry]:
         crop, geo = self.geometry_and_crop(img)
         return normalize(crop, self.mean, self.std), geo
-
-    @classmethod
-    def from_config(cls, cfg) -> "EvalTransform":
-        return cls(cfg.data.resize, cfg.data.crop, cfg.data.mean, cfg.data.std)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -213,3 +233,22 @@ class TenCrop:
     @classmethod
     def from_config(cls, cfg) -> "TenCrop":
         return cls(cfg.data.resize, cfg.data.crop, cfg.data.mean, cfg.data.std, cfg.data.resize_mode)
+
+
+def crops_to_original(maps: np.ndarray, geos: Sequence[Geometry], interp: str = "linear") -> np.ndarray:
+    """The maps of one crop ``[1, K, h, w]``, or of :class:`TenCrop`'s ten ``[10, K, h, w]`` averaged where
+    they overlap (mirrors undone), in the original frame ``[K, orig_h, orig_w]``; NaN where no crop lies."""
+    if len(geos) == 1:
+        return geos[0].maps_to_original(maps[0], interp)
+    total = count = None
+    for i, m in enumerate(maps):
+        if i >= 5:
+            m = np.ascontiguousarray(m[..., ::-1])  # undo the mirror before placing the crop
+        full = geos[i % 5].maps_to_original(m, interp)
+        ok = np.isfinite(full)
+        if total is None:
+            total, count = np.zeros_like(full), np.zeros(full.shape, np.float32)
+        total += np.where(ok, full, 0.0)
+        count += ok
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(count > 0, total / np.maximum(count, 1), np.nan).astype(np.float32)

@@ -21,12 +21,13 @@ import numpy as np
 import paddle
 from tqdm import tqdm
 
-from .. import build_model
 from ..config import Config, save_config
+from ..data.chexpert import map_labels
 from ..data.datasets import ImageDataset, build_split, build_splits, iterate, make_loader
 from ..errors import ChexcamError
 from ..labels import CHESTXRAY14_LABELS, CHEXNET_PAPER_AUROC
 from ..metrics import classification as M
+from ..models import build_model
 from ..utils import seed_everything, set_device
 
 logger = logging.getLogger(__name__)
@@ -89,44 +90,56 @@ def run(cfg: Config) -> Dict[str, Any]:
     os.makedirs(out, exist_ok=True)
     save_config(cfg, os.path.join(out, "eval_config.yaml"))
     model = build_model(cfg)
-    labels = list(cfg.data.labels)
+    # the model's head classes paired with the dataset's labels (cross-dataset evaluation, chexcam.labels)
+    pairs, skipped_classes = map_labels(list(cfg.data.labels), cfg.data.dataset)
+    if not pairs:
+        raise ChexcamError(f"none of the model's classes ({', '.join(cfg.data.labels)}) is a label of dataset "
+                           f"'{cfg.data.dataset}' or has a counterpart there")
+    cols, model_labels, labels = [k for k, _, _ in pairs], [m for _, m, _ in pairs], [d for _, _, d in pairs]
+    data_cfg = cfg if labels == list(cfg.data.labels) else \
+        dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, labels=labels))
+    for m, d in zip(model_labels, labels):
+        if m != d:
+            logger.info("model class %s evaluated as %s's %s", m, cfg.data.dataset, d)
     split = cfg.eval.split
-    samples = build_split(cfg, split)
+    samples = build_split(data_cfg, split)
     if not samples:
         raise ChexcamError(f"the {split} split of dataset '{cfg.data.dataset}' is empty; set eval.split")
     skipped: Dict[str, str] = {}
-    ds = ImageDataset(samples, cfg, train=False, ten_crop=cfg.eval.ten_crop)
+    ds = ImageDataset(samples, data_cfg, train=False, ten_crop=cfg.eval.ten_crop)
     res = predict(model, ds, cfg.eval.batch_size, cfg.data.num_workers, cfg.data.on_bad_image, skipped,
                   progress=True)
-    y, p = res["targets"], res["probs"]
+    y, p = res["targets"], res["probs"][:, cols]
     if len(y) == 0:
         raise ChexcamError(f"every image of the {split} split was skipped as bad")
     metrics: Dict[str, Any] = {
         "split": split, "images": int(len(y)), "skipped": len(skipped), "skipped_files": skipped,
         "weights": weights, "ten_crop": bool(cfg.eval.ten_crop), "dataset": cfg.data.dataset,
-        "labels_release": build_splits(cfg).info.get("labels_release"),
+        "labels_release": build_splits(data_cfg).info.get("labels_release"),
+        "label_map": {m: d for m, d in zip(model_labels, labels) if m != d}, "skipped_classes": skipped_classes,
     }
     ci = M.bootstrap_auroc(y, p, n=cfg.eval.bootstrap, ci=cfg.eval.ci, seed=cfg.seed)
     aurocs = M.per_class_auroc(y, p)
-    notes = [f"{lab}: no {'positives' if y[:, k].sum() == 0 else 'negatives'} in the {split} split, AUROC undefined"
-             for k, lab in enumerate(labels) if aurocs[k] is None]
+    notes = [f"{lab}: no {'positives' if M.count_positives(y[:, k]) == 0 else 'negatives'} in the {split} split, "
+             f"AUROC undefined" for k, lab in enumerate(labels) if aurocs[k] is None]
     metrics["notes"] = notes
     metrics["mean_auroc"] = M.mean_auroc(aurocs)
     metrics["mean_auroc_ci"] = [ci["mean_low"], ci["mean_high"]]
     metrics["ci_level"] = cfg.eval.ci
-    if len(labels) == 1:
+    if len(cfg.data.labels) == 1:
         metrics["binary"] = M.binary_report(y[:, 0], p[:, 0], cfg.eval.threshold)
         metrics["binary"]["auroc_ci"] = [ci["low"][0], ci["high"][0]]
         table = _binary_table(metrics["binary"], labels[0], cfg.eval.ci)
         _confusion_png(os.path.join(out, "confusion.png"), metrics["binary"]["confusion"], labels[0])
     else:
-        thresholds = _val_thresholds(cfg, model, split, y, p, skipped)
+        thresholds = _val_thresholds(data_cfg, model, split, y, p, skipped, cols)
         per_class = []
-        for k, lab in enumerate(labels):
-            paper = CHEXNET_PAPER_AUROC[CHESTXRAY14_LABELS.index(lab)] if lab in CHESTXRAY14_LABELS else None
+        for k, (lab, head) in enumerate(zip(labels, model_labels)):
+            paper = CHEXNET_PAPER_AUROC[CHESTXRAY14_LABELS.index(head)] if head in CHESTXRAY14_LABELS else None
             thr = thresholds[k]
             per_class.append({
-                "label": lab, "positives": int(y[:, k].sum()), "auroc": aurocs[k],
+                "label": lab, "model_class": head, "positives": M.count_positives(y[:, k]),
+                "ignored": int(np.isnan(y[:, k]).sum()), "auroc": aurocs[k],
                 "auroc_ci": [ci["low"][k], ci["high"][k]], "chexnet_paper": paper,
                 "f1_threshold": thr, "f1": None if thr is None else M.f1_at(y[:, k], p[:, k], thr),
             })
@@ -142,24 +155,32 @@ def run(cfg: Config) -> Dict[str, Any]:
         fh.write(table + "\n")
         for note in notes:
             fh.write(f"\n- Note: {note}")
+        if skipped_classes:
+            fh.write(f"\n\n## Model classes skipped on {cfg.data.dataset}\n\n"
+                     "No one-to-one counterpart among the dataset's labels (see `chexcam/labels.py`):\n")
+            for lab, reason in skipped_classes.items():
+                fh.write(f"\n- {lab}: {reason}")
+            fh.write("\n")
         if skipped:
             fh.write(f"\n\n{len(skipped)} bad image(s) skipped: " + ", ".join(sorted(skipped)) + "\n")
-        plots = "![ROC](roc.png)" + ("  ![confusion](confusion.png)" if len(labels) == 1 else "")
+        plots = "![ROC](roc.png)" + ("  ![confusion](confusion.png)" if len(cfg.data.labels) == 1 else "")
         fh.write(f"\n\n{plots}\n")
     for note in notes:
         logger.warning(note)
+    for lab, reason in skipped_classes.items():
+        logger.warning("model class %s skipped on %s: %s", lab, cfg.data.dataset, reason)
     logger.info("wrote %s, %s and plots to %s", "metrics.json", "report.md", out)
     return {"output_dir": out, "metrics": metrics, "table": table, "report": report}
 
 
-def _val_thresholds(cfg: Config, model, split: str, y, p, skipped) -> List[Optional[float]]:
+def _val_thresholds(cfg: Config, model, split: str, y, p, skipped, cols: List[int]) -> List[Optional[float]]:
     """Per-class F1-optimal thresholds from the validation split (the eval split itself if it is val)."""
     if split != "val":
         val = build_split(cfg, "val")
         if val:
             ds = ImageDataset(val, cfg, train=False, ten_crop=cfg.eval.ten_crop)
             r = predict(model, ds, cfg.eval.batch_size, cfg.data.num_workers, cfg.data.on_bad_image, skipped)
-            y, p = r["targets"], r["probs"]
+            y, p = r["targets"], r["probs"][:, cols]
         else:
             logger.warning("no val split: F1 thresholds chosen on the %s split itself (optimistic)", split)
     return [M.best_f1_threshold(y[:, k], p[:, k]) for k in range(y.shape[1])]
@@ -180,7 +201,8 @@ def _auroc_table(rows, metrics, ci_level: float) -> str:
              "|---|---:|---:|---:|---:|---:|"]
     for r in rows:
         thr = "" if r["f1_threshold"] is None else f" (t={r['f1_threshold']:.3f})"
-        lines.append(f"| {r['label']} | {r['positives']} | {_f(r['auroc'])} | {_ci(r['auroc_ci'])} | "
+        name = r["label"] if r["model_class"] == r["label"] else f"{r['label']} (model: {r['model_class']})"
+        lines.append(f"| {name} | {r['positives']} | {_f(r['auroc'])} | {_ci(r['auroc_ci'])} | "
                      f"{_f(r['chexnet_paper'])} | {_f(r['f1'], 3)}{thr} |")
     lines.append(f"| **mean** | | **{_f(metrics['mean_auroc'])}** | {_ci(metrics['mean_auroc_ci'])} | "
                  f"{metrics['chexnet_paper_mean']:.4f} | |")

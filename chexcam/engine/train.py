@@ -24,16 +24,18 @@ import logging
 import math
 import os
 import time
+from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional
 
 import numpy as np
 import paddle
 
-from .. import build_model
 from ..config import Config, config_to_dict, save_config
 from ..data.datasets import ImageDataset, build_split, build_splits, iterate, make_loader
 from ..errors import ChexcamError
+from ..losses import build_loss
 from ..metrics.classification import bce_loss, mean_auroc, per_class_auroc
+from ..models import build_model
 from ..utils import atomic_path, seed_everything, set_device
 from ..weights import read_checkpoint, save_atomic, state_dict_of, weights_fingerprint
 from .evaluate import predict
@@ -161,23 +163,72 @@ def run(cfg: Config) -> Dict[str, Any]:
             handler.close()
 
 
+@dataclass
+class _Parts:
+    """What one training run is made of (built once by :func:`_build`)."""
+
+    model: paddle.nn.Layer
+    net: paddle.nn.Layer  # the model, wrapped by DataParallel when world > 1
+    loss_fn: Any
+    opt: Any
+    sched: Any
+    scaler: Any
+    train_ds: ImageDataset
+    val_ds: ImageDataset
+    info: Dict[str, Any]
+
+
+@dataclass
+class _Progress:
+    """What a checkpoint stores besides the weights and a resume restores."""
+
+    start_epoch: int = 0
+    history: List[Dict[str, Any]] = field(default_factory=list)
+    best: Dict[str, Any] = field(default_factory=lambda: {"epoch": None, "metric": None})
+    bad_epochs: int = 0
+    skipped: Dict[str, str] = field(default_factory=dict)
+
+
 def _run(cfg: Config, rank: int, world: int, use_amp: bool) -> Dict[str, Any]:
-    out = cfg.output_dir
+    """Build, resume, then per epoch: train, validate, save; finally the summary."""
     t_start = time.time()
+    parts = _build(cfg, world, use_amp)
+    state = _resume(cfg, parts)
+    if rank == 0:
+        _write_history(os.path.join(cfg.output_dir, HISTORY), state.history)
+    loader, sampler = make_loader(parts.train_ds, cfg.train.batch_size, True, cfg.seed, cfg.data.num_workers,
+                                  rank, world, cfg.train.max_steps_per_epoch)
+    logger.info("training %s on %d images (%d val) for %d epochs, %d steps/epoch x %d rank(s), batch %d",
+                cfg.model.name, len(parts.train_ds), len(parts.val_ds), cfg.train.epochs, len(sampler), world,
+                cfg.train.batch_size)
+    clock = _Clock(total_steps=max(1, (cfg.train.epochs - state.start_epoch) * len(sampler)))
+    stopped_early = False
+    for epoch in range(state.start_epoch, cfg.train.epochs):
+        losses, seen, train_time = _train_one_epoch(cfg, parts, loader, sampler, epoch, state.skipped, world,
+                                                    use_amp, clock)
+        improved = _validate(cfg, parts, state, epoch, losses, seen * world, train_time)
+        if rank == 0:
+            _save(cfg, parts, state, epoch, improved)
+        if cfg.train.early_stop_patience and state.bad_epochs >= cfg.train.early_stop_patience:
+            logger.info("early stopping: no val improvement for %d epoch(s)", state.bad_epochs)
+            stopped_early = True
+            break
+    return _finish(cfg, parts, state, rank, world, stopped_early, time.time() - t_start)
+
+
+def _build(cfg: Config, world: int, use_amp: bool) -> _Parts:
+    """Splits, datasets, model, loss, optimizer, scheduler and AMP scaler."""
     info = build_splits(cfg).info
     train_samples, val_samples = build_split(cfg, "train"), build_split(cfg, "val")
     if not val_samples:
         raise ChexcamError(f"dataset '{cfg.data.dataset}' has an empty val split; training needs one")
     model = build_model(cfg)
     model.train()
-    net = paddle.DataParallel(model) if world > 1 else model
-
     pos_weight = None
     if cfg.train.pos_weight:
         pw = _pos_weight(train_samples)
         pos_weight = paddle.to_tensor(pw)
         logger.info("positive weights: %s", ", ".join(f"{lab} {w:.2f}" for lab, w in zip(cfg.data.labels, pw)))
-    loss_fn = paddle.nn.BCEWithLogitsLoss(pos_weight=pos_weight)
     sched = None
     if cfg.train.scheduler == "plateau":
         sched = paddle.optimizer.lr.ReduceOnPlateau(cfg.train.lr, mode="min", factor=cfg.train.plateau_factor,
@@ -185,133 +236,153 @@ def _run(cfg: Config, rank: int, world: int, use_amp: bool) -> Dict[str, Any]:
     opt = paddle.optimizer.Adam(learning_rate=sched if sched is not None else cfg.train.lr,
                                 beta1=cfg.train.beta1, beta2=cfg.train.beta2, parameters=model.parameters(),
                                 weight_decay=cfg.train.weight_decay or None)
-    scaler = paddle.amp.GradScaler() if use_amp else None
+    return _Parts(model=model, net=paddle.DataParallel(model) if world > 1 else model,
+                  loss_fn=build_loss(cfg, pos_weight=pos_weight), opt=opt, sched=sched,
+                  scaler=paddle.amp.GradScaler() if use_amp else None,
+                  train_ds=ImageDataset(train_samples, cfg, train=True),
+                  val_ds=ImageDataset(val_samples, cfg, train=False), info=info)
 
-    start_epoch, history, bad_epochs = 0, [], 0
-    best: Dict[str, Any] = {"epoch": None, "metric": None}
-    skipped: Dict[str, str] = {}
-    resume = _resume_path(cfg)
-    if resume:
-        ckpt = read_checkpoint(resume)
-        model.set_state_dict(state_dict_of(ckpt))
-        if "optimizer" in ckpt:
-            opt.set_state_dict(_rename_opt_state(ckpt["optimizer"], ckpt.get("param_names", {}), model))
-        if sched is not None and ckpt.get("scheduler"):
-            sched.set_state_dict(ckpt["scheduler"])
-        start_epoch = int(ckpt.get("epoch", -1)) + 1
-        history = list(ckpt.get("history", []))
-        best = dict(ckpt.get("best", best))
-        bad_epochs = int(ckpt.get("bad_epochs", 0))
-        skipped = dict(ckpt.get("skipped", {}))
-        logger.info("resumed from %s: %d epoch(s) done, continuing at epoch %d", resume, start_epoch, start_epoch + 1)
-    if rank == 0:
-        _write_history(os.path.join(out, HISTORY), history)
 
-    train_ds = ImageDataset(train_samples, cfg, train=True)
-    val_ds = ImageDataset(val_samples, cfg, train=False)
-    loader, sampler = make_loader(train_ds, cfg.train.batch_size, True, cfg.seed, cfg.data.num_workers,
-                                  rank, world, cfg.train.max_steps_per_epoch)
+def _resume(cfg: Config, parts: _Parts) -> _Progress:
+    """Weights, optimizer, scheduler and progress from ``train.resume`` or ``output_dir/last.pdparams``."""
+    path = _resume_path(cfg)
+    if not path:
+        return _Progress()
+    ckpt = read_checkpoint(path)
+    parts.model.set_state_dict(state_dict_of(ckpt))
+    if "optimizer" in ckpt:
+        parts.opt.set_state_dict(_rename_opt_state(ckpt["optimizer"], ckpt.get("param_names", {}), parts.model))
+    if parts.sched is not None and ckpt.get("scheduler"):
+        parts.sched.set_state_dict(ckpt["scheduler"])
+    state = _Progress(start_epoch=int(ckpt.get("epoch", -1)) + 1, history=list(ckpt.get("history", [])),
+                      best=dict(ckpt.get("best", _Progress().best)), bad_epochs=int(ckpt.get("bad_epochs", 0)),
+                      skipped=dict(ckpt.get("skipped", {})))
+    logger.info("resumed from %s: %d epoch(s) done, continuing at epoch %d", path, state.start_epoch,
+                state.start_epoch + 1)
+    return state
+
+
+@dataclass
+class _Clock:
+    """Steps and time of the run so far, for the images/s and ETA of the log lines."""
+
+    total_steps: int
+    t0: float = field(default_factory=time.time)
+    steps: int = 0
+
+
+def _train_one_epoch(cfg: Config, parts: _Parts, loader, sampler, epoch: int, skipped: Dict[str, str], world: int,
+                     use_amp: bool, clock: _Clock):
+    """One pass over this rank's shard; returns the step losses, the images seen and the seconds taken."""
+    paddle.seed(cfg.seed * 1000 + epoch)
+    model, net, opt, scaler = parts.model, parts.net, parts.opt, parts.scaler
+    model.train()
+    t0 = last_t = time.time()
+    seen = seen_since = 0
+    losses: List[float] = []
     steps = len(sampler)
-    logger.info("training %s on %d images (%d val) for %d epochs, %d steps/epoch x %d rank(s), batch %d",
-                cfg.model.name, len(train_samples), len(val_samples), cfg.train.epochs, steps, world,
-                cfg.train.batch_size)
-    stopped_early = False
-    run_t0, run_steps = time.time(), 0
-    total_steps = max(1, (cfg.train.epochs - start_epoch) * steps)
-    for epoch in range(start_epoch, cfg.train.epochs):
-        paddle.seed(cfg.seed * 1000 + epoch)
-        model.train()
-        t0 = last_t = time.time()
-        seen = seen_since = 0
-        losses = []
-        batches = iterate(loader, sampler, train_ds, epoch, cfg.data.on_bad_image, skipped, yield_empty=world > 1)
-        for it, (x, y, idx) in enumerate(batches, 1):
-            # all images of this rank's batch were bad: join the all-reduce with a zero-weighted loss
-            weight = 0.0 if len(idx) == 0 else 1.0
-            if use_amp:
-                with paddle.amp.auto_cast():
-                    logits = net(x)
-                loss = loss_fn(logits.astype("float32"), y) * weight
-                scaler.scale(loss).backward()
-            else:
-                loss = loss_fn(net(x), y) * weight
-                loss.backward()
-            value = float(loss)
-            if not math.isfinite(value):  # before the step: the weights of the last good epoch stay intact
-                _diverged(cfg, epoch, it, value)
-            if use_amp:
-                scaler.step(opt)
-                scaler.update()
-            else:
-                opt.step()
-            opt.clear_grad()
-            losses.append(value)
-            seen += len(idx)
-            seen_since += len(idx)
-            run_steps += 1
-            if it % cfg.train.log_interval == 0 or it == steps:
-                now = time.time()
-                ips = seen_since * world / max(now - last_t, 1e-9)
-                eta = (now - run_t0) / run_steps * (total_steps - run_steps)
-                logger.info("epoch %d/%d iter %d/%d loss %.4f lr %.2e ips %.1f img/s eta %s",
-                            epoch + 1, cfg.train.epochs, it, steps, float(np.mean(losses[-cfg.train.log_interval:])),
-                            opt.get_lr(), ips, _fmt_time(eta))
-                last_t, seen_since = now, 0
-        if world > 1:
-            _average_buffers(model, world)
-        train_time = time.time() - t0
-        res = predict(model, val_ds, cfg.eval.batch_size, cfg.data.num_workers, cfg.data.on_bad_image, skipped)
-        val_loss = bce_loss(res["targets"], res["logits"])
-        aurocs = per_class_auroc(res["targets"], res["probs"])
-        mean = mean_auroc(aurocs)
-        lr_used = opt.get_lr()
-        if sched is not None:
-            sched.step(val_loss)
-        metric = mean if mean is not None else -val_loss
-        improved = best["metric"] is None or metric > best["metric"]
-        if improved:
-            best = {"epoch": epoch + 1, "metric": metric}
-            bad_epochs = 0
+    batches = iterate(loader, sampler, parts.train_ds, epoch, cfg.data.on_bad_image, skipped, yield_empty=world > 1)
+    for it, (x, y, idx) in enumerate(batches, 1):
+        # all images of this rank's batch were bad: join the all-reduce with a zero-weighted loss
+        weight = 0.0 if len(idx) == 0 else 1.0
+        if use_amp:
+            with paddle.amp.auto_cast():
+                logits = net(x)
+            loss = parts.loss_fn(logits.astype("float32"), y) * weight
+            scaler.scale(loss).backward()
         else:
-            bad_epochs += 1
-        row = {"epoch": epoch + 1, "train_loss": float(np.mean(losses)) if losses else None,
-               "val_loss": val_loss, "val_mean_auroc": mean,
-               "val_auroc": {lab: a for lab, a in zip(cfg.data.labels, aurocs)}, "lr": lr_used,
-               "train_images": seen * world, "train_seconds": round(train_time, 3), "skipped": len(skipped)}
-        history.append(row)
-        logger.info("epoch %d/%d done: train loss %.4f, val loss %.4f, val mean AUROC %s%s (%.1f s)",
-                    epoch + 1, cfg.train.epochs, row["train_loss"] or float("nan"), val_loss,
-                    "n/a" if mean is None else f"{mean:.4f}", " (best)" if improved else "", train_time)
-        if rank == 0:
-            ckpt = {"model": model.state_dict(), "optimizer": opt.state_dict(),
-                    "scheduler": sched.state_dict() if sched is not None else None,
-                    "epoch": epoch, "config": config_to_dict(cfg), "history": history, "best": best,
-                    "bad_epochs": bad_epochs, "skipped": skipped, "data_info": _plain(info),
-                    "param_names": {k: p.name for k, p in model.named_parameters()}}
-            if improved:
-                save_atomic(ckpt, os.path.join(out, BEST))
-            save_atomic(ckpt, os.path.join(out, LAST))
-            _write_history(os.path.join(out, HISTORY), history)
-        if cfg.train.early_stop_patience and bad_epochs >= cfg.train.early_stop_patience:
-            logger.info("early stopping: no val improvement for %d epoch(s)", bad_epochs)
-            stopped_early = True
-            break
+            loss = parts.loss_fn(net(x), y) * weight
+            loss.backward()
+        value = float(loss)
+        if not math.isfinite(value):  # before the step: the weights of the last good epoch stay intact
+            _diverged(cfg, epoch, it, value)
+        if use_amp:
+            scaler.step(opt)
+            scaler.update()
+        else:
+            opt.step()
+        opt.clear_grad()
+        losses.append(value)
+        seen += len(idx)
+        seen_since += len(idx)
+        clock.steps += 1
+        if it % cfg.train.log_interval == 0 or it == steps:
+            now = time.time()
+            ips = seen_since * world / max(now - last_t, 1e-9)
+            eta = (now - clock.t0) / clock.steps * (clock.total_steps - clock.steps)
+            logger.info("epoch %d/%d iter %d/%d loss %.4f lr %.2e ips %.1f img/s eta %s",
+                        epoch + 1, cfg.train.epochs, it, steps, float(np.mean(losses[-cfg.train.log_interval:])),
+                        opt.get_lr(), ips, _fmt_time(eta))
+            last_t, seen_since = now, 0
+    if world > 1:
+        _average_buffers(model, world)
+    return losses, seen, time.time() - t0
 
+
+def _validate(cfg: Config, parts: _Parts, state: _Progress, epoch: int, losses: List[float], images: int,
+              train_time: float) -> bool:
+    """Validation loss and AUROC, scheduler step, best/early-stop bookkeeping, a history row; improved?"""
+    res = predict(parts.model, parts.val_ds, cfg.eval.batch_size, cfg.data.num_workers, cfg.data.on_bad_image,
+                  state.skipped)
+    val_loss = bce_loss(res["targets"], res["logits"])
+    aurocs = per_class_auroc(res["targets"], res["probs"])
+    mean = mean_auroc(aurocs)
+    lr_used = parts.opt.get_lr()
+    if parts.sched is not None:
+        parts.sched.step(val_loss)
+    metric = mean if mean is not None else -val_loss
+    improved = state.best["metric"] is None or metric > state.best["metric"]
+    if improved:
+        state.best = {"epoch": epoch + 1, "metric": metric}
+        state.bad_epochs = 0
+    else:
+        state.bad_epochs += 1
+    row = {"epoch": epoch + 1, "train_loss": float(np.mean(losses)) if losses else None,
+           "val_loss": val_loss, "val_mean_auroc": mean,
+           "val_auroc": {lab: a for lab, a in zip(cfg.data.labels, aurocs)}, "lr": lr_used,
+           "train_images": images, "train_seconds": round(train_time, 3), "skipped": len(state.skipped)}
+    state.history.append(row)
+    logger.info("epoch %d/%d done: train loss %.4f, val loss %.4f, val mean AUROC %s%s (%.1f s)",
+                epoch + 1, cfg.train.epochs, row["train_loss"] or float("nan"), val_loss,
+                "n/a" if mean is None else f"{mean:.4f}", " (best)" if improved else "", train_time)
+    return improved
+
+
+def _save(cfg: Config, parts: _Parts, state: _Progress, epoch: int, improved: bool) -> None:
+    """``last`` (and ``best`` when improved) checkpoints, atomically, and the history file."""
+    out = cfg.output_dir
+    ckpt = {"model": parts.model.state_dict(), "optimizer": parts.opt.state_dict(),
+            "scheduler": parts.sched.state_dict() if parts.sched is not None else None,
+            "epoch": epoch, "config": config_to_dict(cfg), "history": state.history, "best": state.best,
+            "bad_epochs": state.bad_epochs, "skipped": state.skipped, "data_info": _plain(parts.info),
+            "param_names": {k: p.name for k, p in parts.model.named_parameters()}}
+    if improved:
+        save_atomic(ckpt, os.path.join(out, BEST))
+    save_atomic(ckpt, os.path.join(out, LAST))
+    _write_history(os.path.join(out, HISTORY), state.history)
+
+
+def _finish(cfg: Config, parts: _Parts, state: _Progress, rank: int, world: int, stopped_early: bool,
+            seconds: float) -> Dict[str, Any]:
+    """The run summary (``train_summary.json`` on rank 0); ranks that ended with different weights are an error."""
+    out, best, skipped = cfg.output_dir, state.best, state.skipped
     summary: Dict[str, Any] = {
-        "output_dir": out, "best": best, "history": history, "epochs_done": len(history),
+        "output_dir": out, "best": best, "history": state.history, "epochs_done": len(state.history),
         "stopped_early": stopped_early, "skipped": len(skipped), "skipped_files": skipped,
-        "world_size": world, "seconds": round(time.time() - t_start, 2), "data": _plain(info),
+        "world_size": world, "seconds": round(seconds, 2), "data": _plain(parts.info),
         "last_checkpoint": os.path.join(out, LAST), "best_checkpoint": os.path.join(out, BEST),
     }
-    digest = weights_fingerprint(model)
+    digest = weights_fingerprint(parts.model)
     summary["weights_sha256"] = _gather_digests(digest, world) if world > 1 else [digest]
-    if world > 1 and len(set(summary["weights_sha256"])) != 1:
-        logger.error("ranks ended with different weights: %s", summary["weights_sha256"])
     if skipped:
         logger.warning("%d bad image(s) skipped (listed in %s)", len(skipped), os.path.join(out, SUMMARY))
     if rank == 0:
         with open(os.path.join(out, SUMMARY), "w", encoding="utf-8") as fh:
             json.dump({k: v for k, v in summary.items() if k != "history"}, fh, indent=2, default=_json_default)
+    if len(set(summary["weights_sha256"])) != 1:
+        digests = ", ".join(d[:12] for d in summary["weights_sha256"])
+        raise ChexcamError(f"the {world} ranks ended with different weights ({digests}); "
+                           f"the checkpoints in {out} are rank 0's")
     best_txt = "n/a" if best["metric"] is None else f"{best['metric']:.4f}"
     logger.info("training done in %.1f s: best val mean AUROC %s at epoch %s; %d skipped; outputs in %s",
                 summary["seconds"], best_txt, best["epoch"], len(skipped), out)

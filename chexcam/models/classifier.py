@@ -23,6 +23,9 @@ class GapLinearClassifier(nn.Layer):
         self.backbone = backbone
         self.num_features = int(num_features)
         self.num_classes = int(num_classes)
+        #: the sublayer whose output ``forward_features`` returns (fixed); ``cam_layer`` starts there and may
+        #: be pointed elsewhere by a user, which the exported CAM graph then refuses to stand in for
+        self.features_layer = cam_layer
         self.cam_layer = cam_layer
         self.global_pool = nn.AdaptiveAvgPool2D(1)
         self.head = nn.Linear(self.num_features, self.num_classes)
