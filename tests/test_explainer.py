@@ -216,3 +216,17 @@ def test_bf16_is_checked_or_refused():
     x = batch_of(cfg, MALARIA_SAMPLES, 2)
     p1, _ = chexcam.explain(model, x)
     assert np.abs(ex(x)[0] - p1).max() < 0.05
+
+
+def test_unusable_temporary_folder_falls_back_with_a_warning_or_fails_when_asked(tmp_path, monkeypatch, caplog):
+    """There is no on-disk cache to go stale (nothing is reused across Explainers or processes); the one
+    temporary export folder that cannot be made is a named reason, never a silent move elsewhere."""
+    blocker = tmp_path / "not-a-folder"
+    blocker.write_text("x")
+    monkeypatch.setattr(tempfile, "tempdir", str(blocker))
+    _, model = _model("malaria.yaml", 8)
+    with caplog.at_level(logging.WARNING, logger="chexcam"):
+        ex = Explainer(model)
+    assert ex.engine == "dynamic" and "cannot create a temporary folder for the export" in caplog.text
+    with pytest.raises(chexcam.ChexcamError, match="cannot create a temporary folder"):
+        Explainer(model, engine="predictor")

@@ -209,3 +209,14 @@ def test_shipped_malaria_config_smoke_on_bundled_cells(tmp_path):
     assert res["epochs_done"] == 1 and res["history"][0]["train_images"] == 16
     m = evaluate.run(cfg)["metrics"]
     assert m["images"] == len(build_split(cfg, "test")) and 0 <= m["binary"]["accuracy"] <= 1
+
+
+def test_ranks_ending_with_different_weights_is_an_error(tmp_path, monkeypatch):
+    """Data-parallel ranks must end identical; if they do not, the run fails (exit status 2), not a log line."""
+    csv_path = make_csv_dataset(str(tmp_path / "d"))
+    cfg = chexcam.load_config(MALARIA, tiny_overrides(csv_path, str(tmp_path / "run"), **{"train.epochs": 1}))
+    os.makedirs(cfg.output_dir)
+    monkeypatch.setattr(train, "_gather_digests", lambda digest, world: [digest, "0" * len(digest)])
+    parts = train._build(cfg, world=1, use_amp=False)
+    with pytest.raises(chexcam.ChexcamError, match="the 2 ranks ended with different weights"):
+        train._finish(cfg, parts, train._Progress(), rank=0, world=2, stopped_early=False, seconds=1.0)

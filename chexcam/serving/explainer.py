@@ -20,7 +20,8 @@ import numpy as np
 import paddle
 from paddle import nn
 
-from ..cam import resolve_classes
+from ..cam import activate, build_method, class_table
+from ..cam.base import check_activation
 from ..cam.graph import export_blocker
 from ..errors import ChexcamError
 from ..postprocess import normalize_mode, postprocess, upsample_size
@@ -32,6 +33,9 @@ from .predictor import PRECISIONS, Predictor, cpu_has_bf16
 logger = logging.getLogger(__name__)
 
 ENGINES = ("auto", "dynamic", "predictor")
+#: methods the predictor serves: ``cam`` (its exported graph holds the CAM) and ``lime`` (the predictor's
+#: probabilities are LIME's forward passes; the CAM output is ignored)
+PREDICTOR_METHODS = ("cam", "lime")
 #: relative tolerance of the construction-time check (max abs difference / max abs reference value)
 RTOL = {"fp32": 1e-5, "bf16": 5e-2}
 #: the input of the construction-time check: two seeded images at this size
@@ -103,10 +107,15 @@ class Explainer:
       detected on every call by :func:`structure_signature` (about half a millisecond) and raises a
       ChexcamError naming the change; :meth:`refresh` takes a new snapshot.
 
+    **LIME** (``method="lime"``) runs its ``num_samples`` forward passes per image through the predictor (a
+    batch of ``batch_size`` perturbed images per run; the graph's CAM output is ignored), so it is the fast way
+    to LIME a chexcam model; ``ex(x)`` then returns a :class:`~chexcam.cam.lime.LimeResult` (``probs, maps``
+    plus ``segments``). :meth:`predict` serves probabilities alone, for any method.
+
     Args:
-        model: a chexcam model, or any Layer returning logits for the gradient methods.
-        method: a registered CAM method. Only ``cam`` has an exported graph; the others run the snapshot's
-            dynamic graph.
+        model: a chexcam model, or any Layer returning logits for the gradient methods and LIME.
+        method: a registered method. ``cam`` and ``lime`` run on the predictor; the gradient methods run the
+            snapshot's dynamic graph.
         engine: ``"predictor"`` (Paddle Inference; an error when it cannot serve the model), ``"dynamic"``
             (the snapshot's dynamic graph, exactly what :func:`chexcam.explain` runs) or ``"auto"`` (the
             predictor wherever the model can be exported; otherwise the dynamic graph, with a WARNING that
@@ -118,11 +127,15 @@ class Explainer:
         threads: CPU math threads of the predictor (0: every CPU of this process).
         mkldnn: oneDNN kernels on CPU (conv + BN + ReLU fusion).
         tensorrt: run supported subgraphs with TensorRT on a GPU.
+        target: ``"logit"`` or ``"probability"`` (see :func:`chexcam.explain`).
+        activation: ``"sigmoid"`` (chexcam's heads) or ``"softmax"``: how logits become probabilities.
+        **options: the method's options (LIME: ``num_samples``, ``segmentation``, ``seed``, ...).
     """
 
     def __init__(self, model: nn.Layer, method: str = "cam", engine: str = "auto", precision: str = "fp32",
                  layer: Optional[str] = None, device: Optional[str] = None, threads: int = 0,
-                 mkldnn: bool = True, tensorrt: bool = False):
+                 mkldnn: bool = True, tensorrt: bool = False, target: Optional[str] = None,
+                 activation: str = "sigmoid", **options):
         if engine not in ENGINES:
             raise ChexcamError(f"unknown engine '{engine}'; expected one of {', '.join(ENGINES)}")
         if precision not in PRECISIONS:
@@ -131,6 +144,7 @@ class Explainer:
             raise ChexcamError(f"Explainer needs a paddle.nn.Layer, got {type(model).__name__}")
         CAM_METHODS.get(method)  # an unknown method fails here
         self.method, self.requested_engine, self.precision, self.layer = method, engine, precision, layer
+        self.activation, self.options, self.target_arg = check_activation(activation), dict(options), target
         self.device = device or _default_device()
         self.threads, self.mkldnn, self.tensorrt = threads, mkldnn, tensorrt
         self._live = model
@@ -142,7 +156,8 @@ class Explainer:
         self.signature = structure_signature(model)
         self.snapshot = copy.deepcopy(model)
         self.snapshot.eval()
-        self._cam = CAM_METHODS.get(self.method)(self.snapshot, self.layer)  # checks the layer exists
+        self._cam = build_method(self.snapshot, self.method, self.layer, **self.options)  # checks layer, options
+        self.target = self._cam.resolve_target(self.target_arg)
         self.labels = list(getattr(model, "labels", ()) or ())
         self._predictor: Optional[Predictor] = None
         self.engine = "dynamic"
@@ -159,17 +174,21 @@ class Explainer:
         if why is not None:
             if self.requested_engine == "predictor" or self.precision != "fp32":
                 raise ChexcamError(f"the predictor engine cannot serve this model: {why}")
-            if self.requested_engine == "auto" and self.method == "cam":
+            if self.requested_engine == "auto" and self.method in PREDICTOR_METHODS:
                 logger.warning("Explainer uses the dynamic graph, not the predictor: %s", why)
+        if self.method == "lime" and self._predictor is not None:
+            # LIME's forward passes through the predictor: the same method object, another predict_fn
+            self._cam = CAM_METHODS.get("lime")(self.snapshot, self.layer, predict_fn=self.predict, **self.options)
         logger.debug("Explainer(%s) on %s, %s", self.method, self.engine, self.precision)
 
     def _predictor_blocker(self) -> Optional[str]:
         """Why the predictor cannot serve this Explainer, or ``None``."""
         if self.requested_engine == "dynamic":
             return "engine='dynamic' was asked for"
-        if self.method != "cam":
-            return f"method '{self.method}' has no exported graph (only 'cam'; gradient methods need the dynamic graph)"
-        if self.layer is not None and self.layer != getattr(self.snapshot, "features_layer", None):
+        if self.method not in PREDICTOR_METHODS:
+            return (f"method '{self.method}' has no exported graph (only {', '.join(PREDICTOR_METHODS)}; gradient "
+                    "methods need the dynamic graph)")
+        if self.method == "cam" and self.layer is not None and self.layer != getattr(self.snapshot, "features_layer", None):
             return f"layer '{self.layer}' is not the layer that feeds global pooling"
         why = export_blocker(self.snapshot)
         if why:
@@ -186,7 +205,11 @@ class Explainer:
 
     def _build_predictor(self) -> Predictor:
         """Export the snapshot into a temporary folder, load it, delete the folder, check the numbers."""
-        tmp = tempfile.mkdtemp(prefix="chexcam-explainer-")
+        try:
+            tmp = tempfile.mkdtemp(prefix="chexcam-explainer-")
+        except OSError as exc:
+            raise ChexcamError(f"cannot create a temporary folder for the export in {tempfile.gettempdir()}: "
+                               f"{exc.strerror or exc}") from None
         try:
             try:
                 export_model(self.snapshot, tmp, output="logits", quiet=True)
@@ -205,7 +228,8 @@ class Explainer:
     def _check(self, predictor: Predictor) -> float:
         """Relative difference between the predictor and the snapshot's dynamic graph; raises above RTOL."""
         x = np.random.default_rng(0).standard_normal(CHECK_SHAPE).astype(np.float32)
-        ref_probs, ref_maps = self._cam(x, normalize=False, upsample=False)
+        # the exported graph is the model + its CAM, whatever method it serves
+        ref_probs, ref_maps = build_method(self.snapshot, "cam")(x, normalize=False, upsample=False)
         logits, maps = predictor.run(x)
         probs = _sigmoid(logits)
         scale = max(float(np.abs(ref_maps).max()), 1e-6)
@@ -219,19 +243,35 @@ class Explainer:
     def __call__(self, x, classes=None, normalize: Union[bool, str] = True,
                  upsample: Union[bool, Tuple[int, int]] = True, relu: bool = False) -> Tuple[np.ndarray, np.ndarray]:
         """``(probs [B, K], maps [B, K', H', W'])``, float32 numpy, as :func:`chexcam.explain` returns them."""
+        self._check_structure()
+        if self._predictor is None or self.method == "lime":
+            return self._cam(x, classes=classes, normalize=normalize, upsample=upsample, relu=relu,
+                             target=self.target, activation=self.activation)
+        mode = normalize_mode(normalize)
+        x = _as_batch(x)
+        logits, raw = self._predictor.run(x)
+        table = class_table(classes, logits, self.labels)
+        if table.shape[1] != raw.shape[1] or not (table == np.arange(raw.shape[1])).all():
+            raw = raw[np.arange(len(raw))[:, None], table]
+        return activate(logits, self.activation), postprocess(raw, upsample_size(upsample, x.shape[2:]), mode, relu)
+
+    def _check_structure(self) -> None:
         now = structure_signature(self._live)
         if now != self.signature:
             raise ChexcamError("the model changed since this Explainer was built "
                                f"({_describe_change(self.signature, now)}); call .refresh() to explain it as it is now")
-        if self._predictor is None:
-            return self._cam(x, classes=classes, normalize=normalize, upsample=upsample, relu=relu)
-        mode = normalize_mode(normalize)
+
+    def predict(self, x) -> np.ndarray:
+        """Probabilities ``[B, K]`` of the snapshot (float32 numpy): the predictor's forward pass where it serves
+        the model, else the snapshot's dynamic graph. LIME's ``predict_fn`` and the faithfulness metrics use it."""
+        self._check_structure()
         x = _as_batch(x)
-        logits, raw = self._predictor.run(x)
-        idx = resolve_classes(classes, raw.shape[1], self.labels)
-        if idx != list(range(raw.shape[1])):
-            raw = raw[:, idx]
-        return _sigmoid(logits), postprocess(raw, upsample_size(upsample, x.shape[2:]), mode, relu)
+        if self._predictor is not None:
+            logits, _ = self._predictor.run(x)
+            return activate(logits, self.activation)
+        with paddle.no_grad():
+            logits = self.snapshot(paddle.to_tensor(x))
+        return activate(logits.numpy(), self.activation)
 
     def refresh(self) -> "Explainer":
         """Take a new snapshot of the live model (export and check again); returns ``self``."""
