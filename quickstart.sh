@@ -50,12 +50,23 @@ case "$what" in
       -o infer.input=split:test "$@"
     "$py" tools/render_mosaic.py -c configs/malaria.yaml -o output_dir="$out" -o model.weights="$out/best.pdparams" \
       -o infer.input=split:test --classes Parasitized --truth positive --limit 16 "$@"
+    # the HTML viewer of the held-out cells (redoes nothing that infer_cam.py already built)
+    "$py" tools/make_viewer.py -c configs/malaria.yaml -o output_dir="$out" -q >/dev/null
+    # which explanation to trust: CAM, Grad-CAM, Grad-CAM++ and LIME on the held-out parasitized cells
+    # (faithfulness, stain pointing game, ms per image) -> compare/report.md
+    "$py" tools/compare_methods.py -c configs/malaria.yaml -o output_dir="$out" -o model.weights="$out/best.pdparams" \
+      --lime segmentation=slic --lime n_segments=100 -q "$@"
     echo "demo finished in $(( $(date +%s) - start )) s. Outputs in $out/:"
     echo "  best.pdparams, last.pdparams  checkpoints (weights + resolved config)"
-    echo "  report.md, metrics.json       held-out metrics; roc.png, confusion.png plots"
+    echo "  report.html, report.md        held-out metrics with the plots (open report.html in a browser)"
+    echo "  metrics.json                  the same numbers, ECE per class included"
+    echo "  roc.png, confusion.png, reliability.png, history.png   ROC, confusion matrix, calibration, training curves"
     echo "  history.jsonl, train.log      per-epoch validation metrics and the training log"
     echo "  cam/*_cam.png, cam/*.json     CAM mosaic and record per held-out cell"
     echo "  cam/contact_sheet.png         16 held-out parasitized cells: original / CAM / peak boxes"
+    echo "  compare/report.md             CAM vs Grad-CAM vs Grad-CAM++ vs LIME: faithfulness, stain pointing, speed"
+    echo "Viewer of the held-out cells (open in a browser, no server needed):"
+    echo "  $(cd "$out/cam" && pwd)/index.html"
     ;;
   test)
     exec "$py" -m pytest -q "$@"

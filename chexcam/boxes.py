@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from typing import List, Tuple
 
+import cv2
 import numpy as np
 
 from .errors import ChexcamError
@@ -41,13 +42,13 @@ def _finite(m: np.ndarray) -> Tuple[np.ndarray, float, float]:
 def region_boxes(m: np.ndarray, threshold: float = 0.5, max_boxes: int = 3) -> Tuple[np.ndarray, np.ndarray]:
     """One box per connected region of ``m >= threshold * max(m)``, largest region first.
 
-    As in the CAM paper (Zhou et al. 2016: 20% of the max) and Wang et al. 2017. 8-connectivity.
+    As in the CAM paper (Zhou et al. 2016: 20% of the max) and Wang et al. 2017. 8-connectivity (OpenCV's
+    connected components, the regions ``skimage.measure.label(connectivity=2)`` finds, at a fraction of the
+    cost); ties in size go to the stronger region, then to the upper-left one.
 
     Returns:
         ``boxes [N, 4]`` (x1, y1, x2, y2) and ``scores [N]`` (each region's peak value), N <= max_boxes.
     """
-    from skimage import measure
-
     m = np.asarray(m)
     if m.ndim != 2:
         raise ChexcamError(f"expected a 2-D map [H, W], got shape {list(m.shape)}")
@@ -55,14 +56,18 @@ def region_boxes(m: np.ndarray, threshold: float = 0.5, max_boxes: int = 3) -> T
     empty = np.zeros((0, 4)), np.zeros((0,))
     if not hi > 0 or not hi - lo >= EPS or max_boxes < 1:
         return empty
-    mask = m >= threshold * hi  # NaN compares False
-    labels = measure.label(mask, connectivity=2)
-    props = measure.regionprops(labels, intensity_image=m)
-    props.sort(key=lambda r: (-r.area, -r.intensity_max, r.bbox))
-    props = props[:max_boxes]
-    boxes = np.array([[r.bbox[1], r.bbox[0], r.bbox[3], r.bbox[2]] for r in props], dtype=np.float64)
-    scores = np.array([r.intensity_max for r in props], dtype=np.float64)
-    return (boxes.reshape(-1, 4), scores) if len(props) else empty
+    mask = (m >= threshold * hi).view(np.uint8)  # NaN compares False
+    n, labels, stats, _ = cv2.connectedComponentsWithStatsWithAlgorithm(mask, 8, cv2.CV_32S, cv2.CCL_GRANA)
+    if n <= 1:
+        return empty
+    x, y, w, h, area = (stats[1:, i] for i in range(5))
+    peak = np.empty(n - 1)
+    for j in range(n - 1):  # each region's maximum, read inside its own bounding box
+        sl = (slice(y[j], y[j] + h[j]), slice(x[j], x[j] + w[j]))
+        peak[j] = m[sl][labels[sl] == j + 1].max()
+    keep = sorted(range(n - 1), key=lambda j: (-area[j], -peak[j], y[j], x[j], y[j] + h[j], x[j] + w[j]))[:max_boxes]
+    boxes = np.array([[x[j], y[j], x[j] + w[j], y[j] + h[j]] for j in keep], dtype=np.float64)
+    return boxes.reshape(-1, 4), peak[keep].astype(np.float64)
 
 
 def peak_boxes(m: np.ndarray, num_peaks: int = 3, min_distance: int = 1, threshold_rel: float = 0.5,
@@ -98,6 +103,12 @@ def peak_boxes(m: np.ndarray, num_peaks: int = 3, min_distance: int = 1, thresho
 
 def peak_point(m: np.ndarray) -> Tuple[float, float]:
     """``(x, y)`` centre of the map's maximum pixel (first in row-major order), NaN ignored."""
+    m = np.asarray(m)
+    if m.ndim == 2 and np.issubdtype(m.dtype, np.floating):  # the common case, without a filled copy
+        lo, hi = float(np.fmin.reduce(m, axis=None)), float(np.fmax.reduce(m, axis=None))
+        if np.isfinite(lo) and np.isfinite(hi) and hi > lo:
+            r, c = np.unravel_index(int(np.argmax(m == hi)), m.shape)
+            return float(c) + 0.5, float(r) + 0.5
     filled, _, _ = _finite(m)
     r, c = np.unravel_index(int(np.argmax(filled)), filled.shape)
     return float(c) + 0.5, float(r) + 0.5

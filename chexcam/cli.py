@@ -1,13 +1,20 @@
 """The one command line shared by every tool: ``-c CONFIG [-o KEY=VALUE ...]``.
 
-User mistakes (``ChexcamError``) become one line on stderr and exit status 2, never a traceback.
+Every failure a user or the machine can cause ends as one line ``error: ...`` on stderr, never a traceback:
+user mistakes (``ChexcamError``, a bad command line) exit with status 2; the operating system's refusals
+(permission denied, disk full, a file where a folder is expected: the ``OSError`` family), undecodable text
+and running out of memory with status 1. SIGTERM is handled like Ctrl-C (the same clean-up; files written
+atomically stay consistent) and exits with 143, without Paddle's C++ stack dump; Ctrl-C exits with 130.
 """
 
 from __future__ import annotations
 
 import argparse
+import errno
 import logging
+import signal
 import sys
+import threading
 import warnings
 from typing import Callable, Optional, Sequence
 
@@ -15,9 +22,35 @@ from .config import load_config
 from .errors import ChexcamError
 from .utils import setup_logging
 
+#: exit status of a failure of the environment (OSError, undecodable text, out of memory)
+EXIT_ENVIRONMENT = 1
+EXIT_SIGTERM = 128 + signal.SIGTERM
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised in the main thread like Ctrl-C's KeyboardInterrupt so the same clean-up runs."""
+
+
+class ToolParser(argparse.ArgumentParser):
+    """argparse with a one-line ``error: ...`` (exit status 2) instead of the usage block."""
+
+    def error(self, message: str):
+        self.exit(2, f"error: {message} (see {self.prog} --help)\n")
+
+
+def positive_int(text: str) -> int:
+    """argparse ``type`` for counts and sizes: a whole number >= 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
 
 def build_parser(description: str) -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = ToolParser(
         description=description,
         epilog="Example: -c configs/malaria.yaml -o train.epochs=2 -o output_dir=output/try",
     )
@@ -40,15 +73,77 @@ def run_tool(
     warnings.filterwarnings("ignore", message="No ccache found")
     parser = parser or build_parser(description)
     args = parser.parse_args(argv)
+    previous = _UNSET
     try:
         cfg = load_config(args.config, args.override)
         setup_logging(logging.WARNING if args.quiet else logging.INFO)
+        previous = _handle_sigterm()
         code = main(cfg, args)
         return int(code or 0)
     except ChexcamError as exc:
         # the tool's own one-line verdict on stderr, written before any logging may be set up
-        sys.stderr.write(f"error: {exc}\n")
-        return exc.exit_code
+        return _fail(str(exc), exc.exit_code)
+    except OSError as exc:
+        return _fail(describe_os_error(exc), EXIT_ENVIRONMENT)
+    except UnicodeError as exc:
+        return _fail(f"cannot read text: {exc.reason if hasattr(exc, 'reason') else exc} (not UTF-8)",
+                     EXIT_ENVIRONMENT)
+    except MemoryError:
+        return _fail("out of memory; lower a batch size or data.max_pixels", EXIT_ENVIRONMENT)
+    except Terminated:
+        return _fail("terminated by SIGTERM; files already written are complete", EXIT_SIGTERM)
     except KeyboardInterrupt:
         sys.stderr.write("interrupted\n")
         return 130
+    finally:
+        if previous is not _UNSET:
+            signal.signal(signal.SIGTERM, signal.SIG_DFL if previous is None else previous)
+
+
+def _fail(message: str, code: int) -> int:
+    """Write ``error: message`` as exactly one line (a newline in a hostile file name is escaped)."""
+    sys.stderr.write("error: " + message.replace("\r", "\\r").replace("\n", "\\n") + "\n")
+    sys.stderr.flush()
+    return code
+
+
+def describe_os_error(exc: OSError) -> str:
+    """One line naming what the operating system refused and the path it refused."""
+    path = exc.filename if exc.filename is not None else None
+    if exc.filename2 is not None:
+        path = f"{path} -> {exc.filename2}"
+    if path is None:
+        return f"{exc.strerror or exc}".rstrip(".")
+    if isinstance(exc, FileExistsError):
+        return f"cannot create folder {path}: a file of that name is in the way"
+    if isinstance(exc, NotADirectoryError):
+        return f"cannot use {path}: part of the path is a file, not a folder"
+    if isinstance(exc, IsADirectoryError):
+        return f"cannot write or read {path}: it is a folder, not a file"
+    if isinstance(exc, PermissionError):
+        return f"permission denied: {path}"
+    if exc.errno == errno.ENOSPC:
+        return f"no space left on the device while writing {path}"
+    return f"{(exc.strerror or str(exc)).rstrip('.')}: {path}"
+
+
+_UNSET = object()
+
+
+def _handle_sigterm():
+    """Make SIGTERM raise :class:`Terminated`; returns the handler it replaced (``_UNSET`` off the main thread).
+
+    Paddle installs glog's failure handler for SIGTERM when imported (a C++ stack dump, then abort), so
+    paddle is imported first and Python's handler replaces it.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        return _UNSET
+    try:
+        import paddle  # noqa: F401  (its import installs the handler this one replaces)
+    except ImportError:  # pragma: no cover - every tool needs paddle, but the CLI itself does not
+        pass
+
+    def on_sigterm(signum, frame):
+        raise Terminated()
+
+    return signal.signal(signal.SIGTERM, on_sigterm)

@@ -9,6 +9,7 @@ with ``yaml.safe_load`` (never ``eval``).
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import typing
 from dataclasses import dataclass, field
@@ -19,6 +20,11 @@ import yaml
 from .errors import ConfigError
 from .labels import CHESTXRAY14_LABELS, IMAGENET_MEAN, IMAGENET_STD, LABEL_PRESETS
 from .utils import atomic_path, did_you_mean
+
+#: default ``data.max_pixels``: Pillow's decompression-bomb limit (``Image.MAX_IMAGE_PIXELS``)
+DEFAULT_MAX_PIXELS = 89_478_485
+#: largest ``seed``: numpy seeds are 32-bit
+MAX_SEED = 2**32 - 1
 
 
 @dataclass
@@ -57,6 +63,7 @@ class DataConfig:
     color_jitter: float = 0.0
     uncertain: Literal["ones", "zeros", "ignore"] = "ones"  # CheXpert/MIMIC -1.0 labels: U-Ones, U-Zeros, U-Ignore
     blank: Literal["zeros", "ignore"] = "zeros"  # CheXpert/MIMIC blank (not mentioned) labels
+    max_pixels: int = DEFAULT_MAX_PIXELS  # images with more pixels (read from the header) are bad images
 
 
 @dataclass
@@ -113,6 +120,9 @@ class InferConfig:
     tile: int = 256
     colorbar: bool = True
     draw_boxes: Literal["none", "positive", "all"] = "positive"
+    mosaic: bool = True
+    png_compression: int = 1
+    workers: int = 0
 
 
 @dataclass
@@ -239,7 +249,10 @@ def _coerce(value, tp, from_cli: bool, raw: Optional[str]):
                 return float(value) if value.strip().lower() not in ("nan", "inf", "-inf", "+inf") else _BAD
             except ValueError:
                 return _BAD
-        return float(value) if isinstance(value, (int, float)) else _BAD
+        try:
+            return float(value) if isinstance(value, (int, float)) else _BAD
+        except OverflowError:  # an integer beyond any float
+            return _BAD
     if tp is str:
         if isinstance(value, str):
             return value
@@ -310,8 +323,8 @@ def parse_override(text: str, where: str = "-o"):
         raise ConfigError(f"malformed override {text!r} ({where}): empty key; expected KEY=VALUE")
     try:
         value = yaml.safe_load(raw) if raw.strip() else None
-    except yaml.YAMLError as exc:
-        problem = str(exc).splitlines()[0]
+    except (yaml.YAMLError, ValueError, RecursionError) as exc:  # ValueError: e.g. a date 2024-13-01
+        problem = (str(exc).splitlines() or [type(exc).__name__])[0]
         raise ConfigError(f"malformed value in override {text!r} ({where}): {problem}") from None
     return key.split("."), value, raw
 
@@ -334,10 +347,13 @@ def load_config(path: Optional[str] = None, overrides: Sequence[str] = ()) -> Co
         try:
             with open(path, encoding="utf-8") as fh:
                 loaded = yaml.safe_load(fh)
-        except yaml.YAMLError as exc:
+        except (yaml.YAMLError, ValueError, RecursionError) as exc:  # UnicodeDecodeError is a ValueError
             mark = getattr(exc, "problem_mark", None)
             at = f" line {mark.line + 1}" if mark is not None else ""
-            raise ConfigError(f"cannot parse {path}{at}: {getattr(exc, 'problem', exc)}") from None
+            problem = "not UTF-8 text" if isinstance(exc, UnicodeDecodeError) else getattr(exc, "problem", exc)
+            raise ConfigError(f"cannot parse {path}{at}: {problem}") from None
+        except OSError as exc:
+            raise ConfigError(f"cannot read config file {path}: {exc.strerror or exc}") from None
         if loaded is None:
             loaded = {}
         if not isinstance(loaded, dict):
@@ -369,8 +385,40 @@ def load_config(path: Optional[str] = None, overrides: Sequence[str] = ()) -> Co
     return cfg
 
 
+def _check_finite(node, where: str, prefix: str = "") -> None:
+    """Every float of the config (lists of floats too) is finite: NaN passes every ``<``/``>`` check."""
+    for f in _public_fields(type(node)):
+        value, key = getattr(node, f.name), prefix + f.name
+        if dataclasses.is_dataclass(value):
+            _check_finite(value, where, key + ".")
+            continue
+        for v in value if isinstance(value, list) else [value]:
+            if isinstance(v, float) and not math.isfinite(v):
+                raise ConfigError(f"key '{key}' in {where} must be a finite number, got {value!r}")
+
+
 def validate(cfg: Config, where: str = "config") -> None:
     """Cross-field checks the type system cannot express."""
+    _check_finite(cfg, where)
+    labels = [str(lab) for lab in cfg.data.labels]
+    twice = sorted({lab for lab in labels if labels.count(lab) > 1})
+    if twice or any(not lab.strip() for lab in labels):
+        what = f"names {', '.join(map(repr, twice))} more than once" if twice else "an empty name"
+        raise ConfigError(f"key 'data.labels' in {where} has {what}; each class needs its own name")
+    if not 0 <= cfg.seed <= MAX_SEED:
+        raise ConfigError(f"key 'seed' in {where} must be in [0, {MAX_SEED}], got {cfg.seed}")
+    for key, value, ok, want in (
+        ("data.max_pixels", cfg.data.max_pixels, cfg.data.max_pixels >= 1, ">= 1 (pixels per image)"),
+        ("data.crop", cfg.data.crop, cfg.data.crop >= 1, ">= 1"),
+        ("model.dropout", cfg.model.dropout, 0.0 <= cfg.model.dropout < 1.0, "in [0, 1)"),
+        ("train.weight_decay", cfg.train.weight_decay, cfg.train.weight_decay >= 0.0, ">= 0"),
+        ("train.beta1", cfg.train.beta1, 0.0 <= cfg.train.beta1 < 1.0, "in [0, 1)"),
+        ("train.beta2", cfg.train.beta2, 0.0 <= cfg.train.beta2 < 1.0, "in [0, 1)"),
+        ("eval.threshold", cfg.eval.threshold, 0.0 <= cfg.eval.threshold <= 1.0, "in [0, 1]"),
+        ("export.onnx_opset", cfg.export.onnx_opset, cfg.export.onnx_opset >= 7, ">= 7"),
+    ):
+        if not ok:
+            raise ConfigError(f"key '{key}' in {where} must be {want}, got {value!r}")
     if cfg.model.num_classes < 1:
         raise ConfigError(f"key 'model.num_classes' in {where} must be >= 1, got {cfg.model.num_classes}")
     if len(cfg.data.labels) != cfg.model.num_classes:
@@ -410,6 +458,8 @@ def validate(cfg: Config, where: str = "config") -> None:
         ("infer.alpha", i.alpha, 0.0 <= i.alpha <= 1.0, "in [0, 1]"),
         ("infer.threshold", i.threshold, 0.0 <= i.threshold <= 1.0, "in [0, 1]"),
         ("infer.tile", i.tile, i.tile >= 32, ">= 32"),
+        ("infer.png_compression", i.png_compression, 0 <= i.png_compression <= 9, "in 0..9 (zlib level)"),
+        ("infer.workers", i.workers, i.workers >= 0, ">= 0 (0: one per CPU)"),
         ("localization.threshold", loc.threshold, 0.0 < loc.threshold <= 1.0, "in (0, 1]"),
         ("localization.max_boxes", loc.max_boxes, loc.max_boxes >= 0, ">= 0"),
         ("localization.peak_size", loc.peak_size, 0.0 < loc.peak_size <= 1.0, "in (0, 1]"),

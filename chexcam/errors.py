@@ -6,6 +6,10 @@ class ChexcamError(Exception):
 
     exit_code = 2
 
+    def __str__(self) -> str:
+        # one line even when it quotes hostile input (a file name or an override with a line break in it)
+        return super().__str__().replace("\r", "\\r").replace("\n", "\\n")
+
 
 class ConfigError(ChexcamError):
     """Unknown key, wrong type or malformed override in a config."""

@@ -10,7 +10,8 @@ import difflib
 import logging
 import os
 import random
-from typing import Iterable, Iterator
+import re
+from typing import Iterable, Iterator, List
 
 import numpy as np
 
@@ -73,9 +74,58 @@ def atomic_path(path: str, fsync: bool = False) -> Iterator[str]:
             with open(tmp, "rb") as fh:
                 os.fsync(fh.fileno())
         os.replace(tmp, path)
+    except OSError as exc:
+        if exc.filename is None:  # a failed write (disk full) names no file: name the one being written
+            raise OSError(exc.errno, exc.strerror or str(exc), path) from exc
+        raise
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
+
+
+_TMP_SUFFIX = re.compile(r"\.tmp(\d+)$")
+
+
+def _pid_alive(pid: int) -> bool:
+    """Whether process ``pid`` may still be writing (this process, or any live one: kept to be safe)."""
+    if pid == os.getpid():
+        return True
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, another user's
+        return True
+    except (OSError, OverflowError):  # not a pid this system can have
+        return False
+    return True
+
+
+def remove_stale_temps(folder: str, recursive: bool = False) -> List[str]:
+    """Remove the ``*.tmp<pid>`` files :func:`atomic_path` left in ``folder`` when its writer was killed.
+
+    Only files whose process no longer exists are removed (never one a live process may still be writing).
+    Engines call this at the start of a run on the folders they write. Returns the removed paths.
+    """
+    if os.name == "nt" or not os.path.isdir(folder):  # os.kill(pid, 0) would terminate pid on Windows
+        return []
+    walk = os.walk(folder) if recursive else [(folder, [], os.listdir(folder))]
+    removed = []
+    for root, _, names in walk:
+        for name in names:
+            m = _TMP_SUFFIX.search(name)
+            path = os.path.join(root, name)
+            if m and (os.path.islink(path) or os.path.isfile(path)) and not _pid_alive(int(m.group(1))):
+                try:
+                    os.remove(path)
+                except FileNotFoundError:  # another process removed it first
+                    continue
+                removed.append(path)
+    if removed:
+        logger.info("removed %d stale temporary file(s) of interrupted runs in %s", len(removed), folder)
+    return removed
 
 
 def setup_logging(level: int = logging.INFO, log_file: str | None = None) -> None:

@@ -221,3 +221,73 @@ def save_png(path: str, rgb: np.ndarray) -> None:
     """Write an RGB uint8 array as PNG."""
     if not cv2.imwrite(path, cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR)):
         raise OSError(f"cannot write {path}")
+
+
+# ---------------------------------------------------------------------------------------------
+# LIME: superpixel boundaries
+
+
+def superpixel_labels_at(segments: np.ndarray, size) -> np.ndarray:
+    """Superpixel labels ``[h, w]`` resized to ``size = (w, h)`` with nearest neighbours (labels stay labels)."""
+    w, h = size
+    seg = np.asarray(segments)
+    if seg.shape == (h, w):
+        return seg
+    return cv2.resize(seg.astype(np.int32), (w, h), interpolation=cv2.INTER_NEAREST)
+
+
+def mark_superpixels(image: np.ndarray, segments: np.ndarray, keep: Optional[Sequence[int]] = None,
+                     color=(255, 255, 0)) -> np.ndarray:
+    """Outline superpixels on a copy of an RGB uint8 image with ``skimage.segmentation.mark_boundaries``.
+
+    ``segments`` are LIME's labels (any resolution: resized to the image with nearest neighbours); ``keep``
+    the labels to outline (e.g. the top-k positive superpixels, ``LimeResult.top_superpixels``), or ``None``
+    for all of them. As the LIME tutorials draw ``mark_boundaries(image, mask)``.
+    """
+    from skimage.segmentation import mark_boundaries
+
+    h, w = image.shape[:2]
+    seg = superpixel_labels_at(segments, (w, h)).astype(np.int64)
+    lab = seg + 1 if keep is None else np.where(np.isin(seg, np.asarray(list(keep), dtype=np.int64)), seg + 1, 0)
+    if not lab.any():
+        return image.copy()
+    rgb = mark_boundaries(image, lab, color=tuple(c / 255.0 for c in color), mode="outer", background_label=0)
+    return np.rint(np.clip(rgb, 0.0, 1.0) * 255.0).astype(np.uint8)
+
+
+def superpixel_mosaic(
+    image: np.ndarray,
+    maps: np.ndarray,
+    titles: Sequence[str],
+    segments: np.ndarray,
+    keep: Sequence[Optional[Sequence[int]]],
+    cols: Optional[int] = None,
+    colormap: str = "jet",
+    alpha: float = 0.4,
+    tile: int = 256,
+    with_colorbar: bool = True,
+    order: Optional[Sequence[int]] = None,
+    color=(255, 255, 0),
+) -> np.ndarray:
+    """:func:`mosaic` for LIME: each class tile is the heatmap overlay with the boundaries of that class's
+    superpixels ``keep[k]`` (its top-k positive ones) drawn on it.
+
+    ``segments`` are the superpixels in the frame of ``maps`` and ``image`` (or any other: resized with
+    nearest neighbours, so a label never blends into another).
+    """
+    k = len(maps)
+    if len(titles) != k or len(keep) != k:
+        raise ValueError(f"{len(titles)} titles and {len(keep)} superpixel lists for {k} maps")
+    order = list(range(k)) if order is None else list(order)
+    if cols is None:
+        cols = 5 if k + 1 > 4 else k + 1
+    h, w = image.shape[:2]
+    s = tile / max(h, w)
+    size = (max(1, int(round(w * s))), max(1, int(round(h * s))))
+    base = cv2.resize(image, size, interpolation=cv2.INTER_AREA)
+    seg = superpixel_labels_at(segments, size)
+    tiles = [label_tile(base, "Original")]
+    for i in order:
+        tiles.append(label_tile(mark_superpixels(overlay(base, maps[i], colormap, alpha), seg, keep[i], color), titles[i]))
+    sheet = grid(tiles, cols)
+    return add_colorbar(sheet, colormap) if with_colorbar else sheet

@@ -56,11 +56,22 @@ def load_weights(model: nn.Layer, path: str, strict: bool = True) -> Dict[str, A
     """
     ckpt = read_checkpoint(path)
     state = state_dict_of(ckpt)
+    own, missing = check_fits(model, state, path, strict)
+    model.set_state_dict({k: v for k, v in state.items() if k in own})
+    logger.info("loaded weights from %s (%d tensors)", path, len(own) - len(missing))
+    return ckpt
+
+
+def check_fits(model: nn.Layer, state: Dict[str, Any], path: str, strict: bool = True):
+    """Raise a one-line WeightsError when ``state`` does not fit ``model`` (shapes; with ``strict``, keys).
+
+    Returns ``(model.state_dict(), missing keys)``.
+    """
     own = model.state_dict()
     missing = [k for k in own if k not in state]
     unexpected = [k for k in state if k not in own]
     mis = [
-        f"{k} {list(state[k].shape)} vs model {list(own[k].shape)}"
+        f"{k} {list(getattr(state[k], 'shape', []))} vs model {list(own[k].shape)}"
         for k in own
         if k in state and list(getattr(state[k], "shape", [])) != list(own[k].shape)
     ]
@@ -74,9 +85,7 @@ def load_weights(model: nn.Layer, path: str, strict: bool = True) -> Dict[str, A
         if unexpected:
             parts.append(f"{len(unexpected)} unexpected (e.g. {', '.join(unexpected[:3])})")
         raise WeightsError(f"weights {path} do not fit the model: {'; '.join(parts)}")
-    model.set_state_dict({k: v for k, v in state.items() if k in own})
-    logger.info("loaded weights from %s (%d tensors)", path, len(own) - len(missing))
-    return ckpt
+    return own, missing
 
 
 def save_atomic(obj: Any, path: str) -> str:

@@ -39,11 +39,18 @@ def test_binary_eval_writes_metrics_report_and_plots(trained):
     assert m["weights"] == os.path.join(out, "best.pdparams") and m["split"] == "test"
     with open(os.path.join(out, "metrics.json")) as fh:
         assert json.load(fh)["binary"]["confusion"] == b["confusion"]
-    for name in ("roc.png", "confusion.png"):
+    for name in ("roc.png", "confusion.png", "reliability.png", "history.png"):  # history: the run's training curves
         img = cv2.imread(os.path.join(out, name))
-        assert img is not None and img.shape[0] > 200 and img.std() > 10
+        assert img is not None and img.shape[0] > 200 and img.std() > 10, name
     report = open(os.path.join(out, "report.md")).read()
     assert "| accuracy |" in report and "confusion.png" in report and res["table"] in report
+    assert "history.png" in report and "Expected calibration error" in report
+    cal = m["calibration"]
+    assert set(cal["ece"]) == {"Parasitized"} and 0 <= cal["ece"]["Parasitized"] <= 1
+    assert sum(b["count"] for b in cal["bins"]["Parasitized"]) == 8
+    page = open(res["report_html"]).read()
+    assert res["report_html"] == os.path.join(out, "report.html") and page.count("data:image/png;base64,") == 4
+    assert "Confusion matrix" in page and "AUROC (95% CI)" in page
 
 
 def test_eval_tool_prints_table_and_missing_weights_is_one_line(trained, tmp_path):

@@ -112,6 +112,8 @@ def test_benchmark_on_synthetic_set_warns_about_training_images(tmp_path):
 
     data = json.load(open(os.path.join(res["output_dir"], "results.json")))
     assert data["results"]["Effusion"]["pointing"] is None  # strict JSON: no NaN
+    page = open(res["html"]).read()  # per-image boxes, truth vs predicted
+    assert res["html"] == os.path.join(res["output_dir"], "localization.html") and page.count("<li data-finding=") == 4
 
 
 def test_benchmark_errors_are_one_line(tmp_path):

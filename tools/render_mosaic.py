@@ -7,7 +7,7 @@ Example (16 held-out parasitized cells of a trained malaria model):
 
 import sys
 
-from chexcam.cli import build_parser, run_tool
+from chexcam.cli import build_parser, positive_int, run_tool
 
 
 def main(cfg, args):
@@ -25,9 +25,9 @@ if __name__ == "__main__":
     p.add_argument("--classes", help="comma-separated label names (default: all classes)")
     p.add_argument("--truth", choices=["any", "positive", "negative"], default="any",
                    help="keep images whose ground truth for the first class is this (needs infer.input=split:NAME)")
-    p.add_argument("--limit", type=int, default=16, help="number of images (rows)")
+    p.add_argument("--limit", type=positive_int, default=16, help="number of images (rows)")
     p.add_argument("--source", help="folder of saved infer_cam.py outputs (JSON + _maps.npz) instead of the model")
     p.add_argument("--out", help="PNG path (default: output_dir/infer.subdir/contact_sheet.png)")
-    p.add_argument("--tile", type=int, default=128, help="px per tile")
-    p.add_argument("--wrap", type=int, default=8, help="rows per block; more rows continue to the right")
+    p.add_argument("--tile", type=positive_int, default=128, help="px per tile")
+    p.add_argument("--wrap", type=positive_int, default=8, help="rows per block; more rows continue to the right")
     sys.exit(run_tool(main, __doc__, parser=p))

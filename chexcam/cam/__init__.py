@@ -1,4 +1,4 @@
-"""Class activation maps: one base class, one small subclass per method, and :func:`explain`."""
+"""Class activation maps: one base class, one small subclass per method, LIME, and :func:`explain`."""
 
 from __future__ import annotations
 
@@ -7,16 +7,43 @@ from typing import Optional, Tuple, Union
 import numpy as np
 from paddle import nn
 
+from ..errors import ChexcamError
 from ..registry import CAM_METHODS
-from .base import BaseCAM, BaseGradCAM, capture_output, eval_mode, find_layer, resolve_classes
+from ..utils import did_you_mean
+from .base import (
+    ACTIVATIONS,
+    PREDICTED,
+    TARGETS,
+    BaseCAM,
+    BaseGradCAM,
+    activate,
+    capture_output,
+    class_table,
+    eval_mode,
+    find_layer,
+    resolve_classes,
+)
 from .cam import CAM, cam_maps
 from .gradcam import GradCAM
 from .gradcampp import GradCAMPlusPlus
+from .lime import LIME, LimeResult, lime_explain
 
 
 def list_cam_methods():
     """Names accepted by ``explain(method=...)``."""
     return CAM_METHODS.names()
+
+
+def build_method(model: nn.Layer, method: str = "cam", layer: Optional[str] = None, **options):
+    """The registered method ``method`` for ``model`` (``options``: only the methods that declare ``OPTIONS``,
+    i.e. LIME's ``num_samples``, ``segmentation``, ...)."""
+    cls = CAM_METHODS.get(method)
+    allowed = getattr(cls, "OPTIONS", ())
+    unknown = [k for k in options if k not in allowed]
+    if unknown:
+        raise ChexcamError(f"method '{method}' takes no option '{unknown[0]}'{did_you_mean(unknown[0], allowed)}"
+                           + (f" (its options: {', '.join(allowed)})" if allowed else ""))
+    return cls(model, layer, **options)
 
 
 def explain(
@@ -28,6 +55,9 @@ def explain(
     upsample: Union[bool, Tuple[int, int]] = True,
     relu: bool = False,
     layer: Optional[str] = None,
+    target: Optional[str] = None,
+    activation: str = "sigmoid",
+    **options,
 ) -> Tuple[np.ndarray, np.ndarray]:
     """Probabilities and class maps for a preprocessed batch, all classes in one pass: the reference.
 
@@ -38,21 +68,36 @@ def explain(
 
     Args:
         model: a chexcam model, or any Layer returning logits ``[B, K]`` (for the gradient methods
-            ``gradcam``/``gradcampp``, which also work without a GAP + Linear head, with ``layer`` given).
+            ``gradcam``/``gradcampp``, which also work without a GAP + Linear head, with ``layer`` given; and
+            for ``lime``, which only needs the logits).
         x: ``[B, 3, H, W]`` float32 numpy array or paddle tensor, already normalized.
-        method: a registered CAM method (``list_cam_methods()``).
-        classes: ``None`` for all classes, or indices / label names.
+        method: a registered method (``list_cam_methods()``): ``cam``, ``gradcam``, ``gradcampp``, ``lime``.
+        classes: ``None`` for all classes, indices / label names, or ``"predicted"`` for each image's own
+            top-1 class (maps ``[B, 1, H', W']`` of class ``probs.argmax(1)``).
         normalize: ``True``/``"minmax"`` per map, ``"global"`` per image, ``False``/``"none"`` raw.
-        upsample: ``True`` for the input size (bilinear), a ``(H, W)`` tuple, or ``False``.
+        upsample: ``True`` for the input size (bilinear), a ``(H, W)`` tuple, or ``False`` (LIME's maps are
+            at input resolution already).
         relu: clamp negative evidence to zero before upsampling and normalization.
-        layer: dotted name of the layer to explain; default ``model.cam_layer``.
+        layer: dotted name of the layer to explain (as in ``model.named_sublayers()``); default
+            ``model.cam_layer``. Not for ``lime``.
+        target: what is explained: ``"logit"`` (default of ``cam``/``gradcam``/``gradcampp``; ``cam`` knows
+            only this) or ``"probability"`` (the activation's output; LIME's only target).
+        activation: how the model's logits become probabilities: ``"sigmoid"`` (one per output: chexcam's
+            multi-label and binary heads, the default) or ``"softmax"`` (one over the outputs: ImageNet-style
+            classifiers). Sets the returned ``probs`` and the ``"probability"`` target.
+        **options: the method's own options (LIME: ``num_samples``, ``segmentation``, ``hide_color``,
+            ``seed``, ... see :data:`chexcam.cam.lime.DEFAULTS`).
 
     Returns:
-        ``probs [B, K]`` (sigmoid of the logits) and ``maps [B, K', H', W']``, float32 numpy.
+        ``probs [B, K]`` (the activation of the logits) and ``maps [B, K', H', W']``, float32 numpy. For
+        ``lime`` the pair is a :class:`~chexcam.cam.lime.LimeResult`, which also carries ``segments`` (the
+        superpixels) and the per-superpixel ``weights``.
     """
-    cam = CAM_METHODS.get(method)(model, layer)
-    return cam(x, classes=classes, normalize=normalize, upsample=upsample, relu=relu)
+    cam = build_method(model, method, layer, **options)
+    return cam(x, classes=classes, normalize=normalize, upsample=upsample, relu=relu, target=target,
+               activation=activation)
 
 
-__all__ = ["BaseCAM", "BaseGradCAM", "CAM", "GradCAM", "GradCAMPlusPlus", "explain", "list_cam_methods",
-           "capture_output", "eval_mode", "find_layer", "resolve_classes", "cam_maps"]
+__all__ = ["BaseCAM", "BaseGradCAM", "CAM", "GradCAM", "GradCAMPlusPlus", "LIME", "LimeResult", "explain",
+           "lime_explain", "build_method", "list_cam_methods", "capture_output", "eval_mode", "find_layer",
+           "resolve_classes", "class_table", "activate", "cam_maps", "ACTIVATIONS", "TARGETS", "PREDICTED"]

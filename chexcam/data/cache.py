@@ -18,8 +18,9 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
+from ..config import DEFAULT_MAX_PIXELS
 from ..errors import BadImageError, DataError
-from ..utils import atomic_path
+from ..utils import atomic_path, remove_stale_temps
 from .io import read_image
 from .samples import SPLITS
 from .transforms import resize_for
@@ -39,9 +40,10 @@ def cache_path(folder: str, path: str) -> str:
     return os.path.join(folder, digest[:2], f"{digest}_{stem}.png")
 
 
-def write_cached(src: str, dst: str, size: int, mode: str) -> None:
-    """Read ``src``, resize it, write ``dst`` atomically (gray PNG when all channels are equal)."""
-    img = read_image(src)
+def write_cached(src: str, dst: str, size: int, mode: str, max_pixels: int = DEFAULT_MAX_PIXELS) -> None:
+    """Read ``src`` (at most ``max_pixels``), resize it, write ``dst`` atomically (gray PNG when all channels
+    are equal)."""
+    img = read_image(src, max_pixels)
     small, _, _ = resize_for(img, size, mode)
     if np.array_equal(small[..., 0], small[..., 1]) and np.array_equal(small[..., 0], small[..., 2]):
         out = small[..., 0]
@@ -64,15 +66,17 @@ def prepare_cache(cfg, splits=SPLITS) -> Dict[str, int]:
     folder = cache_folder(cfg)
     if folder is None:
         raise DataError("data.cache_dir is not set: pass -o data.cache_dir=FOLDER")
+    remove_stale_temps(folder, recursive=True)
     counts = {"written": 0, "existing": 0, "skipped": 0}
     for split in splits:
-        for s in tqdm(build_split(cfg, split), desc=f"cache {split}", unit="img"):
+        # progress on a terminal only: a log file or a pipe gets the summary line (and any error) alone
+        for s in tqdm(build_split(cfg, split), desc=f"cache {split}", unit="img", disable=None):
             dst = cache_path(folder, s.path)
             if os.path.isfile(dst):
                 counts["existing"] += 1
                 continue
             try:
-                write_cached(s.path, dst, cfg.data.resize, cfg.data.resize_mode)
+                write_cached(s.path, dst, cfg.data.resize, cfg.data.resize_mode, cfg.data.max_pixels)
             except BadImageError as exc:
                 if cfg.data.on_bad_image == "error":
                     raise

@@ -13,6 +13,9 @@ unpack to). Labels: ``Data_Entry_2017.csv``, its ``.gz``, or the 2020 re-release
 
 A listed image that is not on disk stays in the split (its path points where it would be) so that
 ``data.on_bad_image`` decides what happens; a warning counts them up front.
+
+The label file is checked, not trusted: a finding name outside the 14 (and "No Finding"), e.g. a misspelled
+one, and an image listed twice are one-line errors naming the file and line.
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ import numpy as np
 from ..errors import DataError
 from ..labels import CHESTXRAY14_LABELS
 from ..registry import DATASETS
+from ..utils import did_you_mean
 from .io import read_list
 from .samples import Sample, SplitSet, carve_patients, random_patient_split
 
@@ -98,10 +102,24 @@ def _read_metadata(path: str) -> Dict[str, dict]:
             missing = [c for c in need if c not in (reader.fieldnames or [])]
             if missing:
                 raise DataError(f"{path} is not an NIH Data_Entry file: missing column(s) {', '.join(missing)}")
+            known = set(CHESTXRAY14_LABELS) | {NO_FINDING}
+            lines: Dict[str, int] = {}
             for row in reader:
-                findings = [f.strip() for f in row["Finding Labels"].split("|") if f.strip()]
-                rows[row["Image Index"].strip()] = {"findings": findings, "patient": patient_id(row["Patient ID"]),
-                                                    "view": row["View Position"].strip()}
+                findings = [f.strip() for f in (row["Finding Labels"] or "").split("|") if f.strip()]
+                name = (row["Image Index"] or "").strip()
+                unknown = [f for f in findings if f not in known]
+                if unknown or not findings:
+                    what = f"unknown finding {unknown[0]!r}{did_you_mean(unknown[0], known)}" if unknown \
+                        else "empty 'Finding Labels' (expected findings or 'No Finding')"
+                    raise DataError(f"{path} line {reader.line_num}: {what}")
+                if not name:
+                    raise DataError(f"{path} line {reader.line_num}: empty 'Image Index'")
+                if name in rows:
+                    raise DataError(f"{path} line {reader.line_num}: {name} is listed again (first on line "
+                                    f"{lines[name]}); each image must appear once")
+                lines[name] = reader.line_num
+                rows[name] = {"findings": findings, "patient": patient_id(row["Patient ID"] or ""),
+                              "view": (row["View Position"] or "").strip()}
     except (OSError, EOFError, gzip.BadGzipFile, csv.Error, UnicodeDecodeError) as exc:
         raise DataError(f"cannot read label file {path}: {exc}") from None
     if not rows:
@@ -139,8 +157,8 @@ def find_split_dir(cfg, names: Sequence[str], extra: Iterable[str] = ()) -> str:
 def _check_labels(labels: Sequence[str]) -> List[int]:
     unknown = [lab for lab in labels if lab not in CHESTXRAY14_LABELS]
     if unknown:
-        raise DataError(f"data.labels has {', '.join(map(repr, unknown))}, not a ChestX-ray14 finding "
-                        f"(known: {', '.join(CHESTXRAY14_LABELS)})")
+        raise DataError(f"data.labels has {', '.join(map(repr, unknown))}, not a ChestX-ray14 finding"
+                        f"{did_you_mean(unknown[0], CHESTXRAY14_LABELS)} (known: {', '.join(CHESTXRAY14_LABELS)})")
     return [CHESTXRAY14_LABELS.index(lab) for lab in labels]
 
 
@@ -205,18 +223,22 @@ def chestxray14(cfg) -> SplitSet:
         for split in ("train", "val", "test"):
             path = os.path.join(d, f"{split}_list.txt")
             items = []
-            with open(path, encoding="utf-8") as fh:
-                for ln_no, line in enumerate(fh, 1):
-                    parts = line.split()
-                    if not parts:
-                        continue
-                    if len(parts) != 1 + len(CHESTXRAY14_LABELS) or any(p not in ("0", "1") for p in parts[1:]):
-                        raise DataError(f"{path} line {ln_no}: expected an image name and 14 0/1 labels")
-                    name = parts[0]
-                    if not keep_view(name):
-                        continue
-                    findings = [CHESTXRAY14_LABELS[i] for i in cols if parts[1 + i] == "1"]
-                    items.append((name, findings, patient_id(name.split("_")[0])))
+            try:
+                with open(path, encoding="utf-8") as fh:
+                    for ln_no, line in enumerate(fh, 1):
+                        parts = line.split()
+                        if not parts:
+                            continue
+                        if len(parts) != 1 + len(CHESTXRAY14_LABELS) or any(p not in ("0", "1") for p in parts[1:]):
+                            raise DataError(f"{path} line {ln_no}: expected an image name and 14 0/1 labels")
+                        name = parts[0]
+                        if not keep_view(name):
+                            continue
+                        findings = [CHESTXRAY14_LABELS[i] for i in cols if parts[1 + i] == "1"]
+                        items.append((name, findings, patient_id(name.split("_")[0])))
+            except (OSError, UnicodeDecodeError) as exc:
+                reason = "not UTF-8 text" if isinstance(exc, UnicodeDecodeError) else exc.strerror or exc
+                raise DataError(f"cannot read split list {path}: {reason}") from None
             splits[split] = _samples(items, labels, paths, default_dir)
         info["split_dir"] = d
         info.setdefault("labels_file", d)

@@ -3,29 +3,35 @@
 ``build_split`` dispatches on ``data.dataset`` through :data:`chexcam.registry.DATASETS`
 (``chestxray14``, ``chexpert``, ``mimic_cxr``, ``malaria``, ``csv``) and logs image and positive counts
 per class and split.
-:class:`ImageDataset` decodes one image per item (never the whole dataset) and, when an image is bad,
-returns a zero tensor with ``ok = 0`` instead of raising inside a loader worker: the engine then
-either stops with a one-line error naming the file (``data.on_bad_image: error``) or drops the item
-and counts it (``skip``). Randomness is seeded per ``(seed, epoch, index)``.
+:class:`ImageDataset` decodes one image per item (never the whole dataset) and, when an image is bad
+(any exception while reading or transforming it, a decoder's ``cv2.error`` included, or more pixels than
+``data.max_pixels``), returns a zero tensor with ``ok = 0`` instead of raising inside a loader thread or
+worker: the engine then either stops with a one-line error naming the file (``data.on_bad_image: error``)
+or drops the item and counts it (``skip``). Anything else that goes wrong while loading is re-raised in the
+main thread as one line (:func:`iterate`); no failure leaves the run waiting. Randomness is seeded per
+``(seed, epoch, index)``.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import os
+import queue
+import threading
 from typing import Dict, List, Optional, Tuple
 
 import cv2
 import numpy as np
 import paddle
 
-from ..errors import BadImageError, DataError
+from ..errors import BadImageError, ChexcamError, DataError
 from ..registry import DATASETS
 from . import chestxray14, chexpert, csv_dataset, malaria, mimic_cxr  # noqa: F401  (register the datasets)
 from .cache import cache_folder, cache_path
 from .io import read_image
-from .samples import SPLITS, Sample, SplitSet, log_counts
+from .samples import SPLITS, Sample, SplitSet, check_unique, log_counts
 from .transforms import TenCrop, TrainTransform, eval_transform
 
 logger = logging.getLogger(__name__)
@@ -41,9 +47,8 @@ _MEMO: Dict[tuple, SplitSet] = {}
 
 
 def _memo_key(cfg) -> tuple:
-    d = cfg.data
-    return (d.dataset, d.root, tuple(d.labels), d.metadata, d.split_mode, d.split_dir, d.view,
-            d.val_fraction, d.test_fraction, d.csv, d.path_column, d.uncertain, d.blank, cfg.seed)
+    """The whole ``data`` section and the seed: any key that could change a listing changes the key."""
+    return repr(dataclasses.asdict(cfg.data)), cfg.seed
 
 
 def build_splits(cfg) -> SplitSet:
@@ -53,6 +58,7 @@ def build_splits(cfg) -> SplitSet:
         result = DATASETS.get(cfg.data.dataset)(cfg)
         if not result.splits.get("train"):
             raise DataError(f"dataset '{cfg.data.dataset}' has an empty train split (data.root={cfg.data.root})")
+        check_unique(result.splits, f"dataset '{cfg.data.dataset}'")
         result.info["counts"] = log_counts(result.splits, cfg.data.labels, cfg.data.dataset)
         _MEMO.clear()
         _MEMO[key] = result
@@ -93,6 +99,7 @@ class ImageDataset(paddle.io.Dataset):
         self.shape = ((10,) if self.ten_crop else ()) + (3, cfg.data.crop, cfg.data.crop)
         self.cache = cache_folder(cfg)
         self.num_classes = len(cfg.data.labels)
+        self.max_pixels = int(cfg.data.max_pixels)
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -110,29 +117,45 @@ class ImageDataset(paddle.io.Dataset):
         return path
 
     def load(self, i: int) -> np.ndarray:
-        return read_image(self.source(i))
+        return read_image(self.source(i), self.max_pixels)
 
-    def error_of(self, i: int) -> str:
-        """The one-line reason item ``i`` is bad (re-read in the calling process)."""
-        try:
-            self.load(i)
-        except BadImageError as exc:
-            return str(exc)
-        return f"image could not be loaded: {self.samples[i].path}"
-
-    def __getitem__(self, i: int):
-        s = self.samples[i]
-        try:
-            img = self.load(i)
-        except BadImageError:
-            return np.zeros(self.shape, np.float32), s.target, np.int64(i), np.float32(0.0)
+    def _input(self, i: int) -> np.ndarray:
+        img = self.load(i)
         if self.train:
             x = self.transform(img, np.random.default_rng([self.seed, self.epoch, int(i)]))
         elif self.ten_crop:
             x = self.transform(img)
         else:
             x, _ = self.transform(img)
-        return x.astype(np.float32, copy=False), s.target, np.int64(i), np.float32(1.0)
+        return x.astype(np.float32, copy=False)
+
+    def error_of(self, i: int) -> str:
+        """The one-line reason item ``i`` is bad (re-read in the calling process)."""
+        path = self.samples[i].path
+        try:
+            self._input(i)
+        except BadImageError as exc:
+            return str(exc)
+        except Exception as exc:
+            return f"cannot read image {path}: {one_line(exc)}"
+        return f"image could not be loaded: {path}"
+
+    def __getitem__(self, i: int):
+        s = self.samples[i]
+        try:
+            x = self._input(i)
+        except Exception:  # one item's failure, whatever raised it, is that item's: never the loader's
+            return np.zeros(self.shape, np.float32), s.target, np.int64(i), np.float32(0.0)
+        return x, s.target, np.int64(i), np.float32(1.0)
+
+
+def one_line(exc: BaseException) -> str:
+    """``Type: message`` of an exception on one line: the last line of a multi-line message (where OpenCV and
+    paddle's worker re-raise put the cause), skipping paddle's ``[Hint: ...]`` and ``[TimeInfo...]`` lines."""
+    lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip() and not ln.strip().startswith("[")]
+    text = lines[-1] if lines else ""
+    name = type(exc).__name__
+    return text if text.startswith(name + ":") else f"{name}: {text}" if text else name
 
 
 class EpochBatchSampler:
@@ -177,13 +200,99 @@ class EpochBatchSampler:
         return min(full, self.max_batches) if self.max_batches else full
 
 
+class ThreadLoader:
+    """Batches of ``dataset`` read one step ahead by a thread of this process (``data.num_workers: 0``).
+
+    Used instead of paddle's single-process ``DataLoader``, whose reader thread, when anything raises in it,
+    dies and leaves the main thread waiting forever. Here whatever the thread raises is handed over and
+    re-raised in the main thread, and a consumer that stops early stops the thread.
+    """
+
+    def __init__(self, dataset, batch_sampler, prefetch: int = 2):
+        self.dataset, self.batch_sampler, self.prefetch = dataset, batch_sampler, int(prefetch)
+
+    def __len__(self) -> int:
+        return len(self.batch_sampler)
+
+    def __iter__(self):
+        q: queue.Queue = queue.Queue(self.prefetch)
+        stop = threading.Event()
+
+        def put(item) -> bool:
+            while not stop.is_set():
+                try:
+                    q.put(item, timeout=0.1)
+                    return True
+                except queue.Full:
+                    continue
+            return False
+
+        def work():
+            try:
+                for batch in self.batch_sampler:
+                    items = [self.dataset[i] for i in batch]
+                    cols = [np.stack([np.asarray(item[k]) for item in items]) for k in range(len(items[0]))]
+                    if not put(("batch", cols)):
+                        return
+                put(("end", None))
+            except BaseException as exc:  # handed to the main thread, which re-raises it
+                put(("error", exc))
+
+        thread = threading.Thread(target=work, name="chexcam-loader", daemon=True)
+        thread.start()
+        try:
+            while True:
+                try:
+                    kind, value = q.get(timeout=1.0)
+                except queue.Empty:
+                    if not thread.is_alive() and q.empty():
+                        raise RuntimeError("the loader thread ended without a result") from None
+                    continue
+                if kind == "end":
+                    return
+                if kind == "error":
+                    raise value
+                yield [paddle.to_tensor(v) for v in value]
+        finally:
+            stop.set()
+            thread.join()
+
+
 def make_loader(dataset: ImageDataset, batch_size: int, shuffle: bool, seed: int, num_workers: int = 0,
-                rank: int = 0, world: int = 1, max_batches: int = 0) -> Tuple[paddle.io.DataLoader, EpochBatchSampler]:
-    """A ``paddle.io.DataLoader`` over ``dataset`` with :class:`EpochBatchSampler` (call its set_epoch)."""
+                rank: int = 0, world: int = 1, max_batches: int = 0) -> Tuple[object, EpochBatchSampler]:
+    """Batches of ``dataset`` with :class:`EpochBatchSampler` (call its set_epoch): a :class:`ThreadLoader`
+    without workers, else a ``paddle.io.DataLoader`` with ``num_workers`` processes."""
     sampler = EpochBatchSampler(len(dataset), batch_size, shuffle, seed, rank, world, max_batches)
+    if int(num_workers) == 0:
+        return ThreadLoader(dataset, sampler), sampler
     loader = paddle.io.DataLoader(dataset, batch_sampler=sampler, num_workers=int(num_workers),
                                   return_list=True, use_shared_memory=False)
     return loader, sampler
+
+
+def _batches(loader):
+    """The loader's batches; a failure of the loader itself (not of one image) becomes one line."""
+    it = iter(loader)
+    try:
+        while True:
+            try:
+                batch = next(it)
+            except StopIteration:
+                return
+            except ChexcamError:
+                raise
+            except Exception as exc:
+                # paddle's workers outlive a failed iterator until it is collected, which a traceback
+                # holding it delays to exit, where joining them hangs: stop them now
+                shutdown = getattr(it, "_try_shutdown_all", None)
+                if shutdown is not None:
+                    shutdown()
+                raise DataError(f"the data loader failed: {one_line(exc)}") from None
+            yield batch
+    finally:
+        close = getattr(it, "close", None)
+        if close is not None:
+            close()
 
 
 def iterate(loader, sampler: EpochBatchSampler, dataset: ImageDataset, epoch: int, on_bad_image: str,
@@ -197,7 +306,7 @@ def iterate(loader, sampler: EpochBatchSampler, dataset: ImageDataset, epoch: in
     """
     sampler.set_epoch(epoch)
     dataset.set_epoch(epoch)
-    for x, y, idx, ok in loader:
+    for x, y, idx, ok in _batches(loader):
         okn = ok.numpy() > 0.5
         idxn = idx.numpy().astype(np.int64)
         if not okn.all():

@@ -3,7 +3,7 @@
 The single target is 1 for ``Parasitized`` (``chexcam.labels.MALARIA_CLASSES`` gives the index). File
 names carry slide and patient, ``C<slide>P<patient>...`` (e.g. ``C101P62ThinF_IMG_..._cell_87.png``), and
 cells of one patient look alike, so the split is grouped by patient (``P62``), stratified by class and
-seeded: no patient is ever in two splits.
+seeded: no patient is ever in two splits. A class folder without images is an error.
 """
 
 from __future__ import annotations
@@ -56,12 +56,13 @@ def malaria(cfg) -> SplitSet:
     unnamed = 0
     for value, cls in enumerate(MALARIA_CLASSES):
         folder = os.path.join(root, cls)
-        for name in sorted(os.listdir(folder)):
-            if name.lower().endswith(IMAGE_EXTS):
-                unnamed += _SLIDE.match(name) is None
-                samples.append(Sample(os.path.join(folder, name), make_target([float(value)]), malaria_patient(name)))
-    if not samples:
-        raise DataError(f"no images in {root}/Parasitized or {root}/Uninfected")
+        names = [n for n in sorted(os.listdir(folder)) if n.lower().endswith(IMAGE_EXTS)]
+        if not names:  # a one-class model would train without a word and mean nothing
+            raise DataError(f"{folder} has no images ({', '.join(IMAGE_EXTS)}): the malaria dataset needs cells "
+                            f"of both classes, {' and '.join(MALARIA_CLASSES)}")
+        for name in names:
+            unnamed += _SLIDE.match(name) is None
+            samples.append(Sample(os.path.join(folder, name), make_target([float(value)]), malaria_patient(name)))
     if unnamed:
         logger.warning("%d file names lack C<slide>[P<patient>]; grouped by their first '_' token", unnamed)
     splits = stratified_patient_split(samples, cfg.data.val_fraction, cfg.data.test_fraction, cfg.seed)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Sequence
 
@@ -40,6 +41,37 @@ class SplitSet:
 
 def make_target(values: Sequence[float]) -> np.ndarray:
     return np.asarray(values, dtype=np.float32)
+
+
+def check_unique(splits: Dict[str, List[Sample]], where: str) -> None:
+    """Refuse an image listed twice, in one split or in two (a duplicate counts twice; across splits it leaks
+    test images into training)."""
+    seen: Dict[str, str] = {}
+    for split in SPLITS:
+        for s in splits.get(split, []):
+            key = os.path.normpath(s.path)
+            if key in seen:
+                twice = f"twice in {split}" if seen[key] == split else f"in both {seen[key]} and {split}"
+                raise DataError(f"{where} lists {s.path} {twice}: each image must appear once")
+            seen[key] = split
+
+
+def check_classes(samples: Sequence[Sample], labels: Sequence[str], where: str) -> None:
+    """Refuse a binary dataset (one output) whose images are all of one class (an empty ``Uninfected/``
+    folder, a label column of all zeros): the model could be neither learned nor evaluated. In a multi-label
+    dataset a class without positives is only logged (its AUROC is reported as null)."""
+    if not samples:
+        return
+    y = np.stack([s.target for s in samples])
+    for k, lab in enumerate(labels):
+        col = y[:, k][~np.isnan(y[:, k])]
+        for value, name in ((1.0, "positive"), (0.0, "negative")):
+            if np.any(col == value):
+                continue
+            if len(labels) == 1:
+                raise DataError(f"{where} has no {name} image for '{lab}' ({len(samples)} images): a binary "
+                                f"model needs both classes to be learned or evaluated")
+            logger.warning("%s has no %s image for class '%s': it cannot be learned (AUROC n/a)", where, name, lab)
 
 
 def shuffled_patients(patients: Sequence[str], seed: int) -> List[str]:

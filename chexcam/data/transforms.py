@@ -44,6 +44,14 @@ class Geometry:
         oy2 = min(max((y2 + self.y0) / self.sy, 0.0), self.orig_h)
         return ox1, oy1, ox2, oy2
 
+    def resized(self, h: int, w: int) -> "Geometry":
+        """The same crop for the original image resized to ``h x w``: maps go straight to that size (a
+        mosaic tile, a box search grid) instead of to the full image and down again."""
+        if (h, w) == (self.orig_h, self.orig_w):
+            return self
+        return dataclasses.replace(self, orig_h=int(h), orig_w=int(w), sx=self.sx * self.orig_w / w,
+                                   sy=self.sy * self.orig_h / h)
+
     def map_to_original(self, m: np.ndarray, fill: float = np.nan) -> np.ndarray:
         """A ``[..., out_h, out_w]`` map -> ``[..., orig_h, orig_w]``; pixels outside the crop get ``fill``."""
         lead = m.shape[:-2]
@@ -75,7 +83,7 @@ class Geometry:
         v = (np.arange(self.orig_h) + 0.5) * self.sy - self.y0
         outside = ~(((v >= 0) & (v < self.out_h))[:, None] & ((u >= 0) & (u < self.out_w))[None, :])
         if outside.any():
-            full[:, outside] = np.nan
+            np.copyto(full, np.nan, where=outside)  # the same as full[:, outside] = nan, without fancy indexing
         return full
 
 

@@ -3,9 +3,11 @@
 Multi-label (``num_classes > 1``): per-class AUROC and their mean with percentile-bootstrap confidence
 intervals beside the CheXNet paper's per-class figures, per-class F1 at the threshold that maximizes it
 on the validation split, ROC curves as a PNG. Binary (``num_classes == 1``): accuracy, precision,
-recall, F1 and AUROC at ``eval.threshold``, the confusion matrix as a table and a PNG. Everything goes
-into ``output_dir`` (``metrics.json``, ``report.md``, ``roc.png``, ``confusion.png``). Plots are drawn
-with OpenCV (already a dependency) rather than matplotlib.
+recall, F1 and AUROC at ``eval.threshold``, the confusion matrix as a table and a PNG. Both: the expected
+calibration error per class with a reliability diagram, and the training curves when ``output_dir`` has the
+run's ``history.jsonl``. Everything goes into ``output_dir`` (``metrics.json``, ``report.md``,
+``report.html``, ``roc.png``, ``confusion.png``, ``reliability.png``, ``history.png``); the plots are
+scikit-learn's displays on matplotlib (:mod:`chexcam.plots`).
 """
 
 from __future__ import annotations
@@ -14,33 +16,46 @@ import dataclasses
 import json
 import logging
 import os
+import time
 from typing import Any, Dict, List, Optional, Sequence
 
-import cv2
 import numpy as np
 import paddle
 from tqdm import tqdm
 
+from .. import plots, viewer
 from ..config import Config, save_config
 from ..data.chexpert import map_labels
 from ..data.datasets import ImageDataset, build_split, build_splits, iterate, make_loader
-from ..errors import ChexcamError
+from ..errors import BadImageError, ChexcamError
 from ..labels import CHESTXRAY14_LABELS, CHEXNET_PAPER_AUROC
+from ..metrics import calibration as C
 from ..metrics import classification as M
 from ..models import build_model
 from ..utils import seed_everything, set_device
+from .infer import explainer_from_config
+from .pipeline import Stages, dist_env, gather, init_dist, shard, steady_rate, workers_for
 
 logger = logging.getLogger(__name__)
 
 
 def predict(model: paddle.nn.Layer, dataset: ImageDataset, batch_size: int, num_workers: int = 0,
             on_bad_image: str = "error", skipped: Optional[Dict[str, str]] = None,
-            progress: bool = False) -> Dict[str, Any]:
+            progress: bool = False, explainer=None, stages: Optional[Stages] = None) -> Dict[str, Any]:
     """Run ``model`` over ``dataset`` in eval mode (train/eval flag restored).
 
     Returns ``probs`` ``[N, K]`` (sigmoid; the mean over crops with ten-crop), ``logits`` (``None`` with
-    ten-crop), ``targets`` ``[N, K]`` and ``indices`` into ``dataset.samples`` (bad images left out).
+    ten-crop or the predictor), ``targets`` ``[N, K]`` and ``indices`` into ``dataset.samples`` (bad images
+    left out).
+
+    With an ``explainer`` (:class:`chexcam.Explainer`, built once for the run) the probabilities come from its
+    Paddle Inference predictor when it has one (equal to the dynamic graph within 1e-5), images are decoded by
+    the worker processes of ``stages`` (whose context holds ``dataset``) ahead of the model, and under
+    ``paddle.distributed.launch`` each rank predicts every ``world``-th image and every rank gets all of them
+    back, in dataset order. Without one: paddle's DataLoader with ``num_workers`` (training's validation).
     """
+    if explainer is not None:
+        return _predict_streaming(model, explainer, dataset, batch_size, on_bad_image, skipped, progress, stages)
     was_training = model.training
     model.eval()
     loader, sampler = make_loader(dataset, batch_size, False, 0, num_workers)
@@ -71,6 +86,113 @@ def predict(model: paddle.nn.Layer, dataset: ImageDataset, batch_size: int, num_
             "targets": cat(targets), "indices": np.concatenate(indices) if indices else np.zeros(0, np.int64)}
 
 
+def _load_sample(datasets, job):
+    """Worker task: item ``i`` of dataset ``d`` of the pool's context, preprocessed."""
+    d, i = job
+    return datasets[d][i]
+
+
+def _predict_streaming(model, explainer, dataset: ImageDataset, batch_size: int, on_bad_image: str,
+                       skipped: Optional[Dict[str, str]], progress: bool, stages: Optional[Stages]) -> Dict[str, Any]:
+    own = stages is None
+    stages = Stages(0, (dataset,)) if own else stages
+    d = next(k for k, ds in enumerate(stages.context) if ds is dataset)
+    rank, world = dist_env()
+    mine = shard(range(len(dataset)), rank, world)
+    fast = explainer.engine == "predictor"
+    was_training = model.training
+    model.eval()
+    probs, logits, targets, indices, bad = [], [], [], [], {}
+    bar = tqdm(total=len(mine), desc="evaluate", unit="img", disable=not progress or rank != 0)
+
+    def flush(batch):
+        x = np.concatenate([b[0] for b in batch]) if dataset.ten_crop else np.stack([b[0] for b in batch])
+        if fast:
+            p = explainer(x, normalize=False, upsample=False)[0]
+        else:
+            with paddle.no_grad():
+                z = model(paddle.to_tensor(x))
+            p = paddle.nn.functional.sigmoid(z).numpy()
+            if not dataset.ten_crop:
+                logits.append(z.numpy())
+        if dataset.ten_crop:
+            p = p.reshape(len(batch), -1, p.shape[-1]).mean(axis=1)
+        probs.append(p)
+        targets.append(np.stack([b[1] for b in batch]))
+        indices.append(np.array([b[2] for b in batch], dtype=np.int64))
+        bar.update(len(batch))
+        times.extend([time.time()] * len(batch))
+
+    t0, times = time.time(), []
+    try:
+        batch = []
+        for x, y, i, ok in stages.map(_load_sample, [(d, i) for i in mine], ahead=2 * batch_size + stages.processes):
+            if ok < 0.5:
+                reason = dataset.error_of(int(i))
+                if on_bad_image == "error":
+                    raise BadImageError(reason)
+                logger.warning("skipped bad image: %s", reason)
+                bad[dataset.samples[int(i)].path] = reason
+                bar.update(1)
+                continue
+            batch.append((x, y, int(i)))
+            if len(batch) >= batch_size:
+                flush(batch)
+                batch = []
+        if batch:
+            flush(batch)
+    finally:
+        bar.close()
+        if was_training:
+            model.train()
+        if own:
+            stages.close()
+    seconds = time.time() - t0
+    steady = steady_rate(times, batch_size)
+    k = dataset.num_classes
+    cat = (lambda a, dt: np.concatenate(a).astype(dt)) if probs else (lambda a, dt: np.zeros((0, k), dt))
+    part = {"probs": cat(probs, np.float64), "targets": cat(targets, np.float64),
+            "logits": cat(logits, np.float64) if logits else None, "bad": bad, "seconds": seconds, "steady": steady,
+            "indices": np.concatenate(indices) if indices else np.zeros(0, np.int64)}
+    parts = gather(part, world)
+    idx = np.concatenate([q["indices"] for q in parts])
+    order = np.argsort(idx, kind="stable")
+    out = {key: np.concatenate([q[key] for q in parts])[order] for key in ("probs", "targets")}
+    out["indices"] = idx[order]
+    out["logits"] = np.concatenate([q["logits"] for q in parts])[order] \
+        if all(q["logits"] is not None for q in parts) and not dataset.ten_crop else None
+    if skipped is not None:
+        for q in parts:
+            for path, reason in q["bad"].items():
+                skipped.setdefault(path, reason)
+    slowest = max(q["seconds"] for q in parts)
+    rate = sum(q["steady"] or 0.0 for q in parts)
+    logger.info("predicted %d images in %.1f s (%.2f images/s in steady state, %s engine, %d worker "
+                "processes, %d rank(s))", len(out["indices"]), slowest, rate, explainer.engine, stages.processes, world)
+    return out
+
+
+def _predictions(cfg: Config, data_cfg: Config, model, ds: ImageDataset, split: str, skipped: Dict[str, str]):
+    """The eval split's predictions and, for the F1 thresholds of a multi-label model, the val split's: one
+    Explainer (``infer.engine``, probabilities only), ``infer.workers`` processes decoding ahead of it, every
+    rank taking part. ``(test, val or None)``."""
+    val = None
+    if len(cfg.data.labels) > 1 and split != "val":
+        samples = build_split(data_cfg, "val")
+        val = ImageDataset(samples, data_cfg, train=False, ten_crop=cfg.eval.ten_crop) if samples else None
+    _, world = dist_env()
+    processes = workers_for(cfg.infer.workers)
+    if world > 1 and not cfg.infer.workers:
+        processes = max(1, processes // world)
+    with Stages(processes, (ds, val)) as stages:  # forked before the predictor exists
+        explainer = explainer_from_config(cfg, model, method="cam")
+        res = predict(model, ds, cfg.eval.batch_size, 0, cfg.data.on_bad_image, skipped, progress=True,
+                      explainer=explainer, stages=stages)
+        val_res = None if val is None else predict(model, val, cfg.eval.batch_size, 0, cfg.data.on_bad_image,
+                                                   skipped, explainer=explainer, stages=stages)
+    return res, val_res
+
+
 def _weights(cfg: Config) -> str:
     if cfg.model.weights:
         return cfg.model.weights
@@ -81,14 +203,19 @@ def _weights(cfg: Config) -> str:
 
 
 def run(cfg: Config) -> Dict[str, Any]:
-    """Evaluate ``model.weights`` (default ``output_dir/best.pdparams``) on ``eval.split``."""
+    """Evaluate ``model.weights`` (default ``output_dir/best.pdparams``) on ``eval.split``.
+
+    Under ``paddle.distributed.launch`` every rank predicts its share; rank 0 alone computes and writes the
+    metrics (other ranks return ``metrics: None``)."""
     set_device(cfg.device)
+    rank, _ = init_dist()
     seed_everything(cfg.seed)
     weights = _weights(cfg)
     cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, weights=weights))
     out = cfg.output_dir
     os.makedirs(out, exist_ok=True)
-    save_config(cfg, os.path.join(out, "eval_config.yaml"))
+    if rank == 0:
+        save_config(cfg, os.path.join(out, "eval_config.yaml"))
     model = build_model(cfg)
     # the model's head classes paired with the dataset's labels (cross-dataset evaluation, chexcam.labels)
     pairs, skipped_classes = map_labels(list(cfg.data.labels), cfg.data.dataset)
@@ -107,8 +234,9 @@ def run(cfg: Config) -> Dict[str, Any]:
         raise ChexcamError(f"the {split} split of dataset '{cfg.data.dataset}' is empty; set eval.split")
     skipped: Dict[str, str] = {}
     ds = ImageDataset(samples, data_cfg, train=False, ten_crop=cfg.eval.ten_crop)
-    res = predict(model, ds, cfg.eval.batch_size, cfg.data.num_workers, cfg.data.on_bad_image, skipped,
-                  progress=True)
+    res, val_res = _predictions(cfg, data_cfg, model, ds, split, skipped)
+    if rank != 0:
+        return {"output_dir": out, "metrics": None, "table": None, "report": None, "rank": rank}
     y, p = res["targets"], res["probs"][:, cols]
     if len(y) == 0:
         raise ChexcamError(f"every image of the {split} split was skipped as bad")
@@ -132,7 +260,7 @@ def run(cfg: Config) -> Dict[str, Any]:
         table = _binary_table(metrics["binary"], labels[0], cfg.eval.ci)
         _confusion_png(os.path.join(out, "confusion.png"), metrics["binary"]["confusion"], labels[0])
     else:
-        thresholds = _val_thresholds(data_cfg, model, split, y, p, skipped, cols)
+        thresholds = _val_thresholds(val_res, split, y, p, cols)
         per_class = []
         for k, (lab, head) in enumerate(zip(labels, model_labels)):
             paper = CHEXNET_PAPER_AUROC[CHESTXRAY14_LABELS.index(head)] if head in CHESTXRAY14_LABELS else None
@@ -147,6 +275,8 @@ def run(cfg: Config) -> Dict[str, Any]:
         metrics["chexnet_paper_mean"] = float(np.mean(CHEXNET_PAPER_AUROC))
         table = _auroc_table(per_class, metrics, cfg.eval.ci)
     _roc_png(os.path.join(out, "roc.png"), y, p, labels, aurocs)
+    metrics["calibration"] = _calibration_png(os.path.join(out, "reliability.png"), y, p, labels)
+    history = plots.history_png(out)  # the training curves, when output_dir is the training run's folder
     with open(os.path.join(out, "metrics.json"), "w", encoding="utf-8") as fh:
         json.dump(metrics, fh, indent=2)
     report = os.path.join(out, "report.md")
@@ -163,26 +293,29 @@ def run(cfg: Config) -> Dict[str, Any]:
             fh.write("\n")
         if skipped:
             fh.write(f"\n\n{len(skipped)} bad image(s) skipped: " + ", ".join(sorted(skipped)) + "\n")
-        plots = "![ROC](roc.png)" + ("  ![confusion](confusion.png)" if len(cfg.data.labels) == 1 else "")
-        fh.write(f"\n\n{plots}\n")
+        mean_ece = metrics["calibration"]["mean_ece"]
+        fh.write(f"\n\nExpected calibration error ({metrics['calibration']['n_bins']} equal-width bins), mean over "
+                 f"classes: {'n/a' if mean_ece is None else f'{mean_ece:.4f}'} (per class in metrics.json and "
+                 "report.html)\n")
+        figs = "![ROC](roc.png)" + ("  ![confusion](confusion.png)" if len(cfg.data.labels) == 1 else "")
+        figs += "  ![reliability](reliability.png)" + ("  ![training curves](history.png)" if history else "")
+        fh.write(f"\n{figs}\n")
+    report_html = viewer.write_report_html(out, metrics)
     for note in notes:
         logger.warning(note)
     for lab, reason in skipped_classes.items():
         logger.warning("model class %s skipped on %s: %s", lab, cfg.data.dataset, reason)
-    logger.info("wrote %s, %s and plots to %s", "metrics.json", "report.md", out)
-    return {"output_dir": out, "metrics": metrics, "table": table, "report": report}
+    logger.info("wrote %s, %s, %s and plots to %s", "metrics.json", "report.md", "report.html", out)
+    return {"output_dir": out, "metrics": metrics, "table": table, "report": report, "report_html": report_html}
 
 
-def _val_thresholds(cfg: Config, model, split: str, y, p, skipped, cols: List[int]) -> List[Optional[float]]:
-    """Per-class F1-optimal thresholds from the validation split (the eval split itself if it is val)."""
-    if split != "val":
-        val = build_split(cfg, "val")
-        if val:
-            ds = ImageDataset(val, cfg, train=False, ten_crop=cfg.eval.ten_crop)
-            r = predict(model, ds, cfg.eval.batch_size, cfg.data.num_workers, cfg.data.on_bad_image, skipped)
-            y, p = r["targets"], r["probs"][:, cols]
-        else:
-            logger.warning("no val split: F1 thresholds chosen on the %s split itself (optimistic)", split)
+def _val_thresholds(val_res: Optional[Dict[str, Any]], split: str, y, p, cols: List[int]) -> List[Optional[float]]:
+    """Per-class F1-optimal thresholds from the validation split's predictions (the eval split itself if it is
+    val, or when there is no val split)."""
+    if val_res is not None:
+        y, p = val_res["targets"], val_res["probs"][:, cols]
+    elif split != "val":
+        logger.warning("no val split: F1 thresholds chosen on the %s split itself (optimistic)", split)
     return [M.best_f1_threshold(y[:, k], p[:, k]) for k in range(y.shape[1])]
 
 
@@ -223,67 +356,18 @@ def _binary_table(b: Dict[str, Any], label: str, ci_level: float) -> str:
     ])
 
 
-_COLORS = [(31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 103, 189), (140, 86, 75),
-           (227, 119, 194), (127, 127, 127), (188, 189, 34), (23, 190, 207), (0, 0, 128), (128, 128, 0),
-           (0, 128, 128), (128, 0, 128)]
-
-
-def _save_rgb(path: str, rgb: np.ndarray) -> None:
-    if not cv2.imwrite(path, cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR)):
-        raise ChexcamError(f"cannot write {path}")
-
-
 def _roc_png(path: str, y, p, labels: Sequence[str], aurocs) -> None:
-    """ROC curves of every class with an AUROC, one colour each, legend on the right."""
-    size, pad, legend = 480, 50, 250
-    img = np.full((size + 2 * pad, size + 2 * pad + legend, 3), 255, np.uint8)
-    x0, y0 = pad, pad + size
-
-    def pt(fx, fy):
-        return int(round(x0 + fx * size)), int(round(y0 - fy * size))
-
-    for t in np.linspace(0, 1, 6):
-        cv2.line(img, pt(t, 0), pt(t, 1), (230, 230, 230), 1)
-        cv2.line(img, pt(0, t), pt(1, t), (230, 230, 230), 1)
-        cv2.putText(img, f"{t:.1f}", (pt(t, 0)[0] - 10, y0 + 18), cv2.FONT_HERSHEY_SIMPLEX, 0.4, (0, 0, 0), 1)
-        cv2.putText(img, f"{t:.1f}", (x0 - 32, pt(0, t)[1] + 4), cv2.FONT_HERSHEY_SIMPLEX, 0.4, (0, 0, 0), 1)
-    cv2.line(img, pt(0, 0), pt(1, 1), (160, 160, 160), 1, cv2.LINE_AA)
-    cv2.rectangle(img, pt(0, 1), pt(1, 0), (0, 0, 0), 1)
-    cv2.putText(img, "false positive rate", (x0 + size // 2 - 70, y0 + 38), cv2.FONT_HERSHEY_SIMPLEX, 0.5, (0, 0, 0), 1)
-    cv2.putText(img, "true positive rate", (4, pad - 12), cv2.FONT_HERSHEY_SIMPLEX, 0.5, (0, 0, 0), 1)
-    row = 0
-    for k, lab in enumerate(labels):
-        color = _COLORS[k % len(_COLORS)]
-        pts = M.roc_points(y[:, k], p[:, k])
-        text = f"{lab}: {'n/a' if aurocs[k] is None else f'{aurocs[k]:.3f}'}"
-        if pts is not None:
-            poly = np.array([pt(a, b) for a, b in zip(*pts)], np.int32)
-            cv2.polylines(img, [poly], False, color, 2, cv2.LINE_AA)
-        ly = pad + 14 + 20 * row
-        cv2.line(img, (size + 2 * pad, ly - 4), (size + 2 * pad + 20, ly - 4), color, 3)
-        cv2.putText(img, text, (size + 2 * pad + 26, ly), cv2.FONT_HERSHEY_SIMPLEX, 0.45, (0, 0, 0), 1, cv2.LINE_AA)
-        row += 1
-    _save_rgb(path, img)
+    """ROC curves of every class with an AUROC (scikit-learn's ``RocCurveDisplay``), AUROC in the legend."""
+    plots.save(plots.roc_figure(y, p, labels, aurocs), path)
 
 
 def _confusion_png(path: str, cm, label: str) -> None:
-    """2x2 confusion matrix, cells shaded by their share of the row (true class)."""
-    names = [f"not {label}", label]
-    width = max(cv2.getTextSize(n, cv2.FONT_HERSHEY_SIMPLEX, 0.45, 1)[0][0] for n in names)
-    cell, pad = max(140, width + 20), max(110, width + 14)
-    img = np.full((2 * cell + pad + 20, 2 * cell + pad + 20, 3), 255, np.uint8)
-    cm = np.asarray(cm)
-    for i in range(2):
-        total = max(1, cm[i].sum())
-        for j in range(2):
-            share = cm[i, j] / total
-            shade = int(255 - 180 * share)
-            x, y_ = pad + j * cell, pad + i * cell
-            cv2.rectangle(img, (x, y_), (x + cell, y_ + cell), (shade, shade, 255), -1)
-            cv2.rectangle(img, (x, y_), (x + cell, y_ + cell), (0, 0, 0), 1)
-            cv2.putText(img, str(int(cm[i, j])), (x + cell // 2 - 18, y_ + cell // 2 + 10),
-                        cv2.FONT_HERSHEY_SIMPLEX, 1.0, (0, 0, 0), 2, cv2.LINE_AA)
-        cv2.putText(img, names[i], (4, pad + i * cell + cell // 2), cv2.FONT_HERSHEY_SIMPLEX, 0.45, (0, 0, 0), 1)
-        cv2.putText(img, names[i], (pad + i * cell + 10, pad - 12), cv2.FONT_HERSHEY_SIMPLEX, 0.45, (0, 0, 0), 1)
-    cv2.putText(img, "true \\ predicted", (4, 24), cv2.FONT_HERSHEY_SIMPLEX, 0.5, (0, 0, 0), 1)
-    _save_rgb(path, img)
+    """2x2 confusion matrix (scikit-learn's ``ConfusionMatrixDisplay``)."""
+    plots.save(plots.confusion_figure(cm, label), path)
+
+
+def _calibration_png(path: str, y, p, labels: Sequence[str], n_bins: int = 10) -> Dict[str, Any]:
+    """Per-class ECE and reliability bins (for metrics.json) and the reliability diagram at ``path``."""
+    cal = C.calibration_report(y, p, labels, n_bins)
+    plots.save(plots.reliability_figure(cal, labels), path)
+    return cal

@@ -8,6 +8,7 @@ import logging
 import os
 from typing import Optional, Tuple
 
+from .. import viewer
 from ..config import Config, config_from_dict, save_config
 from ..data import build_split
 from ..data.io import read_list
@@ -92,6 +93,7 @@ def eval_localization(cfg: Config) -> dict:
         logger.warning("!" * 20 + " " + line + " " + "!" * 20)
     explainer = explainer_from_config(cfg, load_model(cfg))
     tally = LocalizationTally(findings=findings)
+    shown = {}  # image -> {finding: (truth, predicted, peak)} for localization.html
     for res in explain_images(cfg, explainer, items):
         per = {}
         for finding, box in gt[os.path.basename(res.item.path)]:
@@ -100,6 +102,7 @@ def eval_localization(cfg: Config) -> dict:
             if finding in findings:
                 k = labels.index(finding)
                 tally.add(finding, boxes, res.boxes[k], res.peaks[k])
+                shown.setdefault(res.item.path, {})[finding] = (boxes, res.boxes[k], res.peaks[k])
     head = [f"Localization of {cfg.model.name} ({cfg.model.weights or 'RANDOM weights'}), method {cfg.cam.method}, "
             f"boxes: {cfg.localization.boxes}, {len(items)} of {len(gt)} boxed images, {sum(tally.boxes.values())} boxes",
             *warn_lines, *notes,
@@ -116,6 +119,7 @@ def eval_localization(cfg: Config) -> dict:
                "train_overlap": overlap, "warnings": warn_lines, "output_dir": os.path.abspath(outdir)}
     with open(os.path.join(outdir, "results.json"), "w", encoding="utf-8") as fh:
         json.dump(_no_nan({k: v for k, v in summary.items() if k != "report"}), fh, indent=1)
+    summary["html"] = viewer.write_localization_html(outdir, shown, "Localization: " + head[0], head[1:-1])
     return summary
 
 

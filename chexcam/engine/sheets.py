@@ -43,7 +43,7 @@ def _saved_results(cfg: Config, folder: str) -> Iterator[Explained]:
         if list(rec["classes"]) != labels:
             raise ChexcamError(f"{os.path.join(folder, f)} has classes {list(rec['classes'])}, the config {labels}")
         try:
-            img = read_image(rec["image"])
+            img = read_image(rec["image"], cfg.data.max_pixels)
         except BadImageError as exc:
             logger.warning("skipped: %s", exc)
             continue
@@ -70,6 +70,9 @@ def render_sheet(cfg: Config, classes: Optional[Sequence[str]] = None, limit: in
     """
     if truth not in ("any", "positive", "negative"):
         raise ChexcamError(f"truth must be any, positive or negative, got '{truth}'")
+    for name, value in (("limit", limit), ("tile", tile), ("wrap", wrap)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ChexcamError(f"{name} must be a whole number >= 1, got {value!r}")
     idx = _class_indices(cfg, classes)
     if source:
         if not os.path.isdir(source):

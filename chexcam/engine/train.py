@@ -33,11 +33,11 @@ import paddle
 from ..config import Config, config_to_dict, save_config
 from ..data.datasets import ImageDataset, build_split, build_splits, iterate, make_loader
 from ..errors import ChexcamError
-from ..losses import build_loss
+from ..losses import build_loss, pos_weight_from_targets
 from ..metrics.classification import bce_loss, mean_auroc, per_class_auroc
 from ..models import build_model
-from ..utils import atomic_path, seed_everything, set_device
-from ..weights import read_checkpoint, save_atomic, state_dict_of, weights_fingerprint
+from ..utils import atomic_path, remove_stale_temps, seed_everything, set_device
+from ..weights import check_fits, checkpoint_config, read_checkpoint, save_atomic, state_dict_of, weights_fingerprint
 from .evaluate import predict
 
 logger = logging.getLogger(__name__)
@@ -46,7 +46,11 @@ LAST, BEST, HISTORY, SUMMARY = "last.pdparams", "best.pdparams", "history.jsonl"
 
 
 class TrainingDiverged(ChexcamError):
-    """The loss became NaN or infinite; the last good checkpoint is kept."""
+    """The loss or the weights became NaN or infinite; the last good checkpoint is kept."""
+
+
+#: config keys a checkpoint must share with the config that resumes it (they shape the model or its outputs)
+RESUME_KEYS = ("model.name", "model.num_classes", "model.output_stride", "data.labels")
 
 
 def _fmt_time(seconds: float) -> str:
@@ -85,10 +89,16 @@ def _gather_digests(digest: str, world: int) -> List[str]:
 
 
 def _pos_weight(samples) -> np.ndarray:
-    y = np.stack([s.target for s in samples])
-    pos = y.sum(0)
-    neg = len(y) - pos
-    return np.where(pos > 0, neg / np.maximum(pos, 1), 1.0).astype(np.float32)
+    """Negatives / positives per class over the observed labels (ignored, NaN, labels left out)."""
+    return pos_weight_from_targets(np.stack([s.target for s in samples]))
+
+
+def _first_non_finite(model: paddle.nn.Layer) -> Optional[str]:
+    """The name of the first parameter or buffer holding a NaN or an infinity, or None."""
+    for name, t in model.state_dict().items():
+        if paddle.is_floating_point(t) and not bool(paddle.isfinite(t).all()):
+            return name
+    return None
 
 
 def _rename_opt_state(state: Dict[str, Any], saved: Dict[str, str], model: paddle.nn.Layer) -> Dict[str, Any]:
@@ -151,7 +161,7 @@ def run(cfg: Config) -> Dict[str, Any]:
     handler = None
     if rank == 0:
         os.makedirs(out, exist_ok=True)
-        save_config(cfg, os.path.join(out, "config.yaml"))
+        remove_stale_temps(out)
         handler = logging.FileHandler(os.path.join(out, "train.log"))
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s", "%H:%M:%S"))
         chex_logger.addHandler(handler)
@@ -194,7 +204,8 @@ def _run(cfg: Config, rank: int, world: int, use_amp: bool) -> Dict[str, Any]:
     t_start = time.time()
     parts = _build(cfg, world, use_amp)
     state = _resume(cfg, parts)
-    if rank == 0:
+    if rank == 0:  # only now: a config that cannot resume this folder's checkpoint leaves its config.yaml alone
+        save_config(cfg, os.path.join(cfg.output_dir, "config.yaml"))
         _write_history(os.path.join(cfg.output_dir, HISTORY), state.history)
     loader, sampler = make_loader(parts.train_ds, cfg.train.batch_size, True, cfg.seed, cfg.data.num_workers,
                                   rank, world, cfg.train.max_steps_per_epoch)
@@ -206,6 +217,9 @@ def _run(cfg: Config, rank: int, world: int, use_amp: bool) -> Dict[str, Any]:
     for epoch in range(state.start_epoch, cfg.train.epochs):
         losses, seen, train_time = _train_one_epoch(cfg, parts, loader, sampler, epoch, state.skipped, world,
                                                     use_amp, clock)
+        bad = _first_non_finite(parts.model)  # before validation and any checkpoint: a NaN model is never kept
+        if bad is not None:
+            _diverged(cfg, epoch, None, bad)
         improved = _validate(cfg, parts, state, epoch, losses, seen * world, train_time)
         if rank == 0:
             _save(cfg, parts, state, epoch, improved)
@@ -249,7 +263,12 @@ def _resume(cfg: Config, parts: _Parts) -> _Progress:
     if not path:
         return _Progress()
     ckpt = read_checkpoint(path)
+    _check_resumable(cfg, parts.model, ckpt, path)
     parts.model.set_state_dict(state_dict_of(ckpt))
+    bad = _first_non_finite(parts.model)
+    if bad is not None:
+        raise TrainingDiverged(f"cannot resume from {path}: its weights are not finite ({bad}); resume from an "
+                               f"earlier checkpoint with -o train.resume=PATH or start over in another output_dir")
     if "optimizer" in ckpt:
         parts.opt.set_state_dict(_rename_opt_state(ckpt["optimizer"], ckpt.get("param_names", {}), parts.model))
     if parts.sched is not None and ckpt.get("scheduler"):
@@ -260,6 +279,21 @@ def _resume(cfg: Config, parts: _Parts) -> _Progress:
     logger.info("resumed from %s: %d epoch(s) done, continuing at epoch %d", path, state.start_epoch,
                 state.start_epoch + 1)
     return state
+
+
+def _check_resumable(cfg: Config, model: paddle.nn.Layer, ckpt: Dict[str, Any], path: str) -> None:
+    """A checkpoint resumes only a config that builds the same model; else one line naming the key that differs."""
+    saved, now = checkpoint_config(ckpt), config_to_dict(cfg)
+    how = ("drop train.resume" if cfg.train.resume else
+           f"train into another output_dir (or -o train.auto_resume=false to start over in {cfg.output_dir})")
+    for key in RESUME_KEYS if saved is not None else ():
+        section, name = key.split(".")
+        old = saved[section].get(name) if isinstance(saved.get(section), dict) else None
+        new = now[section][name]
+        if old is not None and old != new:
+            raise ChexcamError(f"cannot resume from {path}: it was trained with {key}={old!r} but the config has "
+                               f"{key}={new!r}; use the same {key} or {how}")
+    check_fits(model, state_dict_of(ckpt), path)
 
 
 @dataclass
@@ -394,8 +428,10 @@ def _plain(obj):
     return json.loads(json.dumps(obj, default=_json_default))
 
 
-def _diverged(cfg: Config, epoch: int, it: int, value: float) -> None:
+def _diverged(cfg: Config, epoch: int, it: Optional[int], value) -> None:
+    """Stop with one line: the loss (``it`` set) or a weight (``it`` None, ``value`` its name) is not finite."""
     last = os.path.join(cfg.output_dir, LAST)
     kept = f"last good checkpoint kept: {last}" if os.path.isfile(last) else "no checkpoint was written yet"
-    raise TrainingDiverged(f"loss became {value} at epoch {epoch + 1} iter {it}; training stopped, {kept}; "
-                           f"try a lower train.lr (now {cfg.train.lr})")
+    what = (f"loss became {value} at epoch {epoch + 1} iter {it}" if it is not None
+            else f"weights became non-finite ({value}) in epoch {epoch + 1}")
+    raise TrainingDiverged(f"{what}; training stopped, {kept}; try a lower train.lr (now {cfg.train.lr})")
