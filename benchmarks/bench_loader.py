@@ -30,8 +30,7 @@ def _throughput(samples, cfg):
 
 
 def main(cfg, args):
-    from chexcam.data.cache import prepare_cache
-    from chexcam.data.datasets import build_split
+    from chexcam.data.datasets import build_split, prepare_cache
 
     files = sorted(glob.glob(os.path.join(args.images, "*.png")))
     if not files:

@@ -318,7 +318,8 @@ def test_ten_crop_and_square_eval():
 
 
 def test_prepare_cache_is_read_instead_of_originals(tmp_path):
-    from chexcam.data.cache import cache_folder, cache_path, prepare_cache
+    from chexcam.data.cache import cache_folder, cache_path
+    from chexcam.data.datasets import prepare_cache
 
     csv_path = make_csv_dataset(str(tmp_path))
     cfg = chexcam.load_config(MALARIA, tiny_overrides(csv_path, "o", **{"data.cache_dir": str(tmp_path / "c")}))

@@ -10,7 +10,8 @@ from chexcam.cli import run_tool
 
 
 def main(cfg, args):
-    from chexcam.data.cache import cache_folder, prepare_cache
+    from chexcam.data.cache import cache_folder
+    from chexcam.data.datasets import prepare_cache
 
     counts = prepare_cache(cfg)
     print(f"cache {cache_folder(cfg)}: {counts['written']} written, {counts['existing']} already there, "

@@ -12,17 +12,15 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
-from typing import Dict, Optional
+from typing import Optional
 
 import cv2
 import numpy as np
-from tqdm import tqdm
 
 from ..config import DEFAULT_MAX_PIXELS
-from ..errors import BadImageError, DataError
-from ..utils import atomic_path, remove_stale_temps
+from ..errors import DataError
+from ..utils import atomic_path
 from .io import read_image
-from .samples import SPLITS
 from .transforms import resize_for
 
 logger = logging.getLogger(__name__)
@@ -54,36 +52,3 @@ def write_cached(src: str, dst: str, size: int, mode: str, max_pixels: int = DEF
         raise DataError(f"cannot encode cache entry for {src}")
     with atomic_path(dst) as tmp, open(tmp, "wb") as fh:
         fh.write(buf.tobytes())
-
-
-def prepare_cache(cfg, splits=SPLITS) -> Dict[str, int]:
-    """Fill the cache for the given splits; existing entries are kept. Returns counts.
-
-    Bad images follow ``data.on_bad_image`` (``error``: stop naming the file; ``skip``: log and count).
-    """
-    from .datasets import build_split
-
-    folder = cache_folder(cfg)
-    if folder is None:
-        raise DataError("data.cache_dir is not set: pass -o data.cache_dir=FOLDER")
-    remove_stale_temps(folder, recursive=True)
-    counts = {"written": 0, "existing": 0, "skipped": 0}
-    for split in splits:
-        # progress on a terminal only: a log file or a pipe gets the summary line (and any error) alone
-        for s in tqdm(build_split(cfg, split), desc=f"cache {split}", unit="img", disable=None):
-            dst = cache_path(folder, s.path)
-            if os.path.isfile(dst):
-                counts["existing"] += 1
-                continue
-            try:
-                write_cached(s.path, dst, cfg.data.resize, cfg.data.resize_mode, cfg.data.max_pixels)
-            except BadImageError as exc:
-                if cfg.data.on_bad_image == "error":
-                    raise
-                logger.warning("skipped: %s", exc)
-                counts["skipped"] += 1
-                continue
-            counts["written"] += 1
-    logger.info("cache %s: %d written, %d already there, %d skipped", folder, counts["written"],
-                counts["existing"], counts["skipped"])
-    return counts

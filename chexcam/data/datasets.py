@@ -25,11 +25,13 @@ from typing import Dict, List, Optional, Tuple
 import cv2
 import numpy as np
 import paddle
+from tqdm import tqdm
 
 from ..errors import BadImageError, ChexcamError, DataError
 from ..registry import DATASETS
+from ..utils import remove_stale_temps
 from . import chestxray14, chexpert, csv_dataset, malaria, mimic_cxr  # noqa: F401  (register the datasets)
-from .cache import cache_folder, cache_path
+from .cache import cache_folder, cache_path, write_cached
 from .io import read_image
 from .samples import SPLITS, Sample, SplitSet, check_unique, log_counts
 from .transforms import TenCrop, TrainTransform, eval_transform
@@ -325,3 +327,34 @@ def iterate(loader, sampler: EpochBatchSampler, dataset: ImageDataset, epoch: in
             keep = paddle.to_tensor(np.nonzero(okn)[0])
             x, y, idxn = paddle.gather(x, keep), paddle.gather(y, keep), idxn[okn]
         yield x, y, idxn
+
+
+def prepare_cache(cfg, splits=SPLITS) -> Dict[str, int]:
+    """Fill the cache for the given splits; existing entries are kept. Returns counts.
+
+    Bad images follow ``data.on_bad_image`` (``error``: stop naming the file; ``skip``: log and count).
+    """
+    folder = cache_folder(cfg)
+    if folder is None:
+        raise DataError("data.cache_dir is not set: pass -o data.cache_dir=FOLDER")
+    remove_stale_temps(folder, recursive=True)
+    counts = {"written": 0, "existing": 0, "skipped": 0}
+    for split in splits:
+        # progress on a terminal only: a log file or a pipe gets the summary line (and any error) alone
+        for s in tqdm(build_split(cfg, split), desc=f"cache {split}", unit="img", disable=None):
+            dst = cache_path(folder, s.path)
+            if os.path.isfile(dst):
+                counts["existing"] += 1
+                continue
+            try:
+                write_cached(s.path, dst, cfg.data.resize, cfg.data.resize_mode, cfg.data.max_pixels)
+            except BadImageError as exc:
+                if cfg.data.on_bad_image == "error":
+                    raise
+                logger.warning("skipped: %s", exc)
+                counts["skipped"] += 1
+                continue
+            counts["written"] += 1
+    logger.info("cache %s: %d written, %d already there, %d skipped", folder, counts["written"],
+                counts["existing"], counts["skipped"])
+    return counts
