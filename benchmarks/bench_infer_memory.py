@@ -1,7 +1,9 @@
 """Peak RSS of ``tools/infer_cam.py`` over many images vs. few: inference must stream in constant memory.
 
-Runs the tool as a fresh process on N1 (default 20) and N2 (default 200) images -- the 12 NIH images of
-``../shared/data`` linked over and over, or synthetic 1024x1024 radiograph-sized PNGs without it -- and
+Runs the tool as a fresh process on N1 (default 20) and N2 (default 200) images -- the 1024-px NIH images of
+``data/chestxray14_sample`` and ``../shared/data`` hard-linked (or copied) under distinct names over and over
+(the tool reads every real file once, so symbolic links to the same file would count once), or synthetic
+1024x1024 radiograph-sized PNGs without them -- and
 prints each run's peak resident set size (``getrusage`` of the child) and wall time. Exit status 1 when the
 large run's peak exceeds the small run's by more than ``--tolerance`` (default 20%).
 
@@ -11,6 +13,7 @@ large run's peak exceeds the small run's by more than ``--tolerance`` (default 2
 import argparse
 import glob
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -20,16 +23,18 @@ import cv2
 import numpy as np
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-SHARED = os.path.join(ROOT, "..", "shared", "data", "chestxray14", "images")
+SOURCES = [os.path.join(ROOT, "data", "chestxray14_sample", "images"),
+           os.path.join(ROOT, "..", "shared", "data", "chestxray14", "images")]
 
 CHILD = ("import resource, subprocess, sys; r = subprocess.run(sys.argv[1:]); "
          "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss); sys.exit(r.returncode)")
 
 
 def make_inputs(folder: str, n: int) -> None:
-    """``n`` image files in ``folder``: links to the shared NIH images in turn, or synthetic PNGs."""
+    """``n`` distinct image files in ``folder``: hard links to (or copies of) the NIH images in turn, or
+    synthetic PNGs."""
     os.makedirs(folder, exist_ok=True)
-    sources = sorted(glob.glob(os.path.join(SHARED, "*.png")))
+    sources = sorted({os.path.basename(p): p for d in SOURCES for p in glob.glob(os.path.join(d, "*.png"))}.values())
     if not sources:
         rng = np.random.default_rng(0)
         for i in range(min(n, 12)):
@@ -37,7 +42,11 @@ def make_inputs(folder: str, n: int) -> None:
             cv2.imwrite(path, cv2.GaussianBlur(rng.integers(0, 255, (1024, 1024), np.uint8), (0, 0), 8))
         sources = sorted(glob.glob(os.path.join(folder, "synthetic_*.png")))
     for i in range(len(os.listdir(folder)), n):
-        os.symlink(os.path.abspath(sources[i % len(sources)]), os.path.join(folder, f"img_{i:05d}.png"))
+        dst = os.path.join(folder, f"img_{i:05d}.png")
+        try:
+            os.link(sources[i % len(sources)], dst)
+        except OSError:  # another file system
+            shutil.copyfile(sources[i % len(sources)], dst)
 
 
 def peak_rss_mb(config: str, folder: str, out: str, extra) -> tuple:

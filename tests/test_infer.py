@@ -95,7 +95,7 @@ def test_run_writes_mosaics_records_and_maps(tmp_path):
     except ImportError:
         pass
     cfg = _cfg(tmp_path, f"infer.input={tmp_path / 'in'}", "infer.save_npz=true", "infer.sort=true",
-               "infer.batch_size=2", "infer.draw_boxes=all")
+               "infer.batch_size=2", "infer.draw_boxes=all", "data.on_bad_image=skip")
     summary = infer.run(cfg)
     assert summary["images"] == n and summary["skipped"] == 1 and "broken.png" in summary["bad_files"][0]
     out = summary["output_dir"]
@@ -180,9 +180,11 @@ def test_predictor_engine_gives_the_dynamic_records(tmp_path, engine):
     folder = tmp_path / "in"
     _inputs(str(folder))
     paddle.seed(0)
-    ref = infer.run(_cfg(tmp_path, f"infer.input={folder}", "infer.subdir=dyn", "infer.engine=dynamic"))
+    ref = infer.run(_cfg(tmp_path, f"infer.input={folder}", "infer.subdir=dyn", "infer.engine=dynamic",
+                         "data.on_bad_image=skip"))
     paddle.seed(0)
-    fast = infer.run(_cfg(tmp_path, f"infer.input={folder}", "infer.subdir=pi", f"infer.engine={engine}"))
+    fast = infer.run(_cfg(tmp_path, f"infer.input={folder}", "infer.subdir=pi", f"infer.engine={engine}",
+                          "data.on_bad_image=skip"))
     assert ref["engine"] == "dynamic" and fast["engine"] == "predictor"
     assert fast["images"] == ref["images"] == 4
     for name in ("gray", "rgba", "deep", "photo"):

@@ -34,7 +34,7 @@ from ..metrics import classification as M
 from ..models import build_model
 from ..utils import seed_everything, set_device
 from .infer import explainer_from_config
-from .pipeline import Stages, dist_env, gather, init_dist, shard, steady_rate, workers_for
+from .pipeline import Shelf, Stages, dist_env, gather, init_dist, shard, steady_rate, workers_for
 
 logger = logging.getLogger(__name__)
 
@@ -86,10 +86,11 @@ def predict(model: paddle.nn.Layer, dataset: ImageDataset, batch_size: int, num_
             "targets": cat(targets), "indices": np.concatenate(indices) if indices else np.zeros(0, np.int64)}
 
 
-def _load_sample(datasets, job):
-    """Worker task: item ``i`` of dataset ``d`` of the pool's context, preprocessed."""
-    d, i = job
-    return datasets[d][i]
+def _load_sample(datasets, job, shelf: Shelf):
+    """Worker task: item ``i`` of dataset ``d`` of the pool's context, preprocessed (the crops on the shelf)."""
+    d, i, slot = job
+    x, y, idx, ok = datasets[d][i]
+    return shelf.put(x), y, idx, ok, slot
 
 
 def _predict_streaming(model, explainer, dataset: ImageDataset, batch_size: int, on_bad_image: str,
@@ -126,7 +127,15 @@ def _predict_streaming(model, explainer, dataset: ImageDataset, batch_size: int,
     t0, times = time.time(), []
     try:
         batch = []
-        for x, y, i, ok in stages.map(_load_sample, [(d, i) for i in mine], ahead=2 * batch_size + stages.processes):
+        def inputs():
+            for i in mine:
+                slot = stages.new_slot()
+                yield (d, i, slot), slot
+
+        for stored, y, i, ok, slot in stages.map(_load_sample, inputs(), ahead=2 * batch_size + stages.processes,
+                                                 cancellable=True):
+            x = np.array(stages.shelf(slot).get(stored))  # out of the slot, which is free again
+            stages.free_slot(slot)
             if ok < 0.5:
                 reason = dataset.error_of(int(i))
                 if on_bad_image == "error":
@@ -184,7 +193,9 @@ def _predictions(cfg: Config, data_cfg: Config, model, ds: ImageDataset, split: 
     processes = workers_for(cfg.infer.workers)
     if world > 1 and not cfg.infer.workers:
         processes = max(1, processes // world)
-    with Stages(processes, (ds, val)) as stages:  # forked before the predictor exists
+    crops = (10 if cfg.eval.ten_crop else 1) * 3 * cfg.data.crop * cfg.data.crop * 4
+    slots = 3 * cfg.eval.batch_size + 2 * processes + 2
+    with Stages(processes, (ds, val), slot_bytes=crops + 256, slots=slots) as stages:  # forked before the predictor
         explainer = explainer_from_config(cfg, model, method="cam")
         res = predict(model, ds, cfg.eval.batch_size, 0, cfg.data.on_bad_image, skipped, progress=True,
                       explainer=explainer, stages=stages)

@@ -1,19 +1,37 @@
 """Per-image CAM inference: mosaics, JSON records and boxes in the original image's pixels.
 
-Everything streams: inputs are listed as paths (never decoded up front), decoded ``infer.batch_size`` at a
-time, explained by one :class:`chexcam.Explainer` built once for the run, mapped back to the original image's
-pixels, written, and dropped. Memory does not grow with the number of images. Contact sheets are in
-:mod:`chexcam.engine.sheets`, the localization benchmark in :mod:`chexcam.engine.localization`.
+A streaming pipeline whose speed is set by the model (:mod:`chexcam.engine.pipeline`): worker processes
+decode and preprocess ``infer.batch_size`` images ahead of the :class:`chexcam.Explainer` (one, built once
+for the run), the parent runs the model, and workers turn each image's raw maps into boxes, a mosaic and
+files behind it. At most a few batches are in flight, so memory does not grow with the number of images;
+results come out in input order and are the serial path's (``infer.workers`` only changes the speed).
+
+Each output gets the maps at the resolution it needs, straight from the raw maps through
+:class:`~chexcam.data.transforms.Geometry` (never drawn at 1024 px and shrunk):
+
+* boxes and peaks: maps in the original frame at a search grid of twice the network input on the longer
+  side (448 px for a 1024 px image at crop 224, the grid :func:`chexcam.boxes.boxes_for_maps` searched after
+  shrinking full-size maps), scaled back to original pixels;
+* mosaic tiles: maps at tile size (``infer.tile``);
+* ``infer.save_npz`` (and :attr:`Explained.maps`): the full original size, computed only when asked for, as
+  before.
+
+Contact sheets are in :mod:`chexcam.engine.sheets`, the localization benchmark in
+:mod:`chexcam.engine.localization`; both stream through :func:`explain_images`.
 """
 
 from __future__ import annotations
 
+import collections
+import dataclasses
 import json
 import logging
 import os
+import time
 from dataclasses import dataclass
-from typing import Callable, Iterator, List, Optional, Sequence, Tuple
+from typing import Callable, Iterable, Iterator, List, Optional, Sequence, Tuple
 
+import cv2
 import numpy as np
 from tqdm import tqdm
 
@@ -22,12 +40,13 @@ from ..boxes import boxes_for_maps
 from ..config import Config, save_config
 from ..data import build_split
 from ..data.io import list_images, read_image, read_list
-from ..data.transforms import TenCrop, crops_to_original, eval_transform
+from ..data.transforms import Geometry, TenCrop, crops_to_original, eval_transform
 from ..errors import BadImageError, ChexcamError
 from ..models import build_model, require_weights
 from ..postprocess import normalize_maps
-from ..serving import Explainer
-from ..utils import seed_everything, set_device
+from ..serving import Explainer, cpu_count
+from ..utils import atomic_path, seed_everything, set_device
+from .pipeline import Shelf, Stages, Stored, gather, init_dist, shard, steady_rate, workers_for
 
 logger = logging.getLogger(__name__)
 
@@ -40,21 +59,70 @@ class Item:
     target: Optional[np.ndarray] = None
 
 
-@dataclass
 class Explained:
     """One image explained, everything in the original image's pixel coordinates.
 
-    ``maps [K, H, W]`` normalized per ``cam.normalize``, NaN where no crop saw the image; ``boxes[k]``
-    ``[n, 4]`` (x1, y1, x2, y2) with ``scores[k]``; ``peaks[k]`` the ``(x, y)`` of map ``k``'s maximum.
+    ``probs [K]``; ``boxes[k]`` ``[n, 4]`` (x1, y1, x2, y2) with ``scores[k]``; ``peaks[k]`` the ``(x, y)`` of
+    map ``k``'s maximum; ``size`` the original ``(H, W)``. ``maps [K, H, W]`` (normalized per
+    ``cam.normalize``, NaN where no crop saw the image) is computed from the raw maps on first use and kept;
+    :meth:`maps_at` gives them at another size without making the full-size ones.
     """
 
-    item: Item
-    image: np.ndarray
-    probs: np.ndarray
-    maps: np.ndarray
-    boxes: List[np.ndarray]
-    scores: List[np.ndarray]
-    peaks: List[Tuple[float, float]]
+    def __init__(self, item: Item, image: Optional[np.ndarray], probs: np.ndarray, maps: Optional[np.ndarray] = None,
+                 boxes: Sequence[np.ndarray] = (), scores: Sequence[np.ndarray] = (),
+                 peaks: Sequence[Tuple[float, float]] = (), *, raw: Optional[np.ndarray] = None,
+                 geos: Optional[Sequence[Geometry]] = None, interp: str = "linear", normalize: str = "minmax",
+                 size: Optional[Tuple[int, int]] = None, tile_image: Optional[np.ndarray] = None):
+        self.item, self.image, self.probs = item, image, probs
+        self.boxes, self.scores, self.peaks = list(boxes), list(scores), list(peaks)
+        self.raw, self.geos, self.interp, self.normalize = raw, geos, interp, normalize
+        self.tile_image = tile_image  # the image already shrunk to mosaic tile size (workers send this, not the image)
+        if size is None:
+            size = tuple(image.shape[:2]) if image is not None else tuple(maps.shape[-2:])
+        self.size = (int(size[0]), int(size[1]))
+        self._maps = maps
+
+    @property
+    def maps(self) -> np.ndarray:
+        if self._maps is None:
+            self._maps = self.maps_at(*self.size)
+        return self._maps
+
+    def maps_at(self, h: int, w: int) -> np.ndarray:
+        """``[K, h, w]``: the maps in the original frame resized to ``h x w``, normalized at that size."""
+        if self.raw is None:  # built from saved full-size maps
+            return np.stack([viz.resize_map(m, (w, h)) for m in self.maps])
+        return frame_maps(self.raw, self.geos, h, w, self.interp, self.normalize)
+
+
+def frame_maps(raw: np.ndarray, geos: Sequence[Geometry], h: int, w: int, interp: str, normalize: str) -> np.ndarray:
+    """Raw maps of one image's crops ``[n, K, h', w']`` -> ``[K, h, w]`` in the original frame resized to
+    ``h x w`` (ten crops averaged), normalized there. At the original size this is exactly the full-size map."""
+    full = crops_to_original(raw, [g.resized(h, w) for g in geos], interp)
+    return normalize_maps(full, normalize, inplace=True)
+
+
+def box_grid(size: Tuple[int, int], crop: int) -> Tuple[int, int]:
+    """The ``(h, w)`` grid boxes are searched on: the original frame with its longer side at twice the network
+    input (never larger than the original). Maps hold no detail finer than a feature cell (32 input px)."""
+    h, w = size
+    s = min(1.0, 2.0 * crop / max(h, w))
+    return max(1, int(round(h * s))), max(1, int(round(w * s)))
+
+
+def boxes_from_raw(cfg: Config, raw: np.ndarray, geos: Sequence[Geometry], size: Tuple[int, int], interp: str
+                   ) -> Tuple[List[np.ndarray], List[np.ndarray], List[Tuple[float, float]]]:
+    """Boxes, scores and peaks of every class in original pixels, searched on :func:`box_grid`."""
+    h, w = size
+    bh, bw = box_grid(size, cfg.data.crop)
+    m = frame_maps(raw, geos, bh, bw, interp, cfg.cam.normalize)
+    g = geos[-1].resized(bh, bw)
+    boxes, scores, peaks = boxes_for_maps(m, cfg.localization, cfg.data.crop, g.sx, g.sy)
+    fx, fy = w / bw, h / bh
+    if (bh, bw) != (h, w):
+        boxes = [b * np.array([fx, fy, fx, fy]) for b in boxes]
+        peaks = [(px * fx, py * fy) for px, py in peaks]
+    return boxes, scores, peaks
 
 
 # ---------------------------------------------------------------------------------------------
@@ -81,7 +149,7 @@ def resolve_inputs(cfg: Config) -> List[Item]:
 
 
 # ---------------------------------------------------------------------------------------------
-# the model, its Explainer, and the maps of one batch in the original frame
+# the model and its Explainer
 
 
 def load_model(cfg: Config):
@@ -92,67 +160,219 @@ def load_model(cfg: Config):
     return build_model(cfg)
 
 
-def explainer_from_config(cfg: Config, model) -> Explainer:
-    """The run's :class:`chexcam.Explainer`: ``cam.method``/``cam.layer`` on ``infer.engine``, with the
-    ``export`` section's predictor settings (threads, oneDNN, precision, TensorRT)."""
+def explainer_from_config(cfg: Config, model, method: Optional[str] = None) -> Explainer:
+    """The run's :class:`chexcam.Explainer`: ``cam.method``/``cam.layer`` (or ``method`` with the model's own
+    layer) on ``infer.engine``, with the ``export`` section's predictor settings (threads, oneDNN, precision,
+    TensorRT). Under ``paddle.distributed.launch`` on CPU, ``export.cpu_threads: 0`` shares the CPUs
+    between the ranks."""
     device = "gpu" if cfg.device == "gpu" else None
-    ex = Explainer(model, method=cfg.cam.method, engine=cfg.infer.engine, precision=cfg.export.precision,
-                   layer=cfg.cam.layer, device=device, threads=cfg.export.cpu_threads, mkldnn=cfg.export.mkldnn,
+    threads = cfg.export.cpu_threads
+    world = int(os.environ.get("PADDLE_TRAINERS_NUM", "1"))
+    if not threads and world > 1 and device is None:
+        threads = max(1, cpu_count() // world)
+    layer = cfg.cam.layer if method is None else None
+    ex = Explainer(model, method=method or cfg.cam.method, engine=cfg.infer.engine, precision=cfg.export.precision,
+                   layer=layer, device=device, threads=threads, mkldnn=cfg.export.mkldnn,
                    tensorrt=cfg.export.tensorrt)
-    logger.info("explaining with %s on the %s engine (%s)", cfg.cam.method, ex.engine, ex.precision)
+    logger.info("explaining with %s on the %s engine (%s)", ex.method, ex.engine, ex.precision)
     return ex
 
 
-def _batches(items: Sequence[Item], size: int) -> Iterator[Sequence[Item]]:
-    for i in range(0, len(items), size):
-        yield items[i:i + size]
+# ---------------------------------------------------------------------------------------------
+# the stages: load (workers) -> explain (this process) -> finish (workers)
 
 
-def explain_images(cfg: Config, explainer: Explainer, items: Sequence[Item],
-                   on_bad: Optional[Callable[[str], None]] = None, progress: bool = True) -> Iterator[Explained]:
-    """Stream :class:`Explained` results over ``items``, ``infer.batch_size`` images per forward pass.
+@dataclass(frozen=True)
+class _Context:
+    """What the workers need, inherited when they are forked."""
 
-    Raw maps (ReLU per ``cam.relu``) go back to the original image (bilinear, or nearest cells when
-    ``cam.upsample`` is false; ten crops averaged), are normalized there per ``cam.normalize`` and boxed.
-    A file that cannot be decoded is logged, passed to ``on_bad`` and skipped.
+    cfg: Config
+    outdir: Optional[str] = None  # where run() writes; None: explain_images() (boxes only)
+    keep_image: bool = False  # send the decoded image back (explain_images' callers show it)
+
+
+@dataclass
+class _Loaded:
+    item: Item
+    stem: Optional[str]
+    slot: Optional[int]  # where the arrays are (Stages' shared arena)
+    x: Stored  # [n_crops, 3, crop, crop]
+    geos: List[Geometry]
+    size: Tuple[int, int]
+    tile_image: Optional[Stored]
+    image: Optional[Stored]
+
+
+@dataclass
+class _Bad:
+    item: Item
+    reason: str
+    slot: Optional[int] = None
+
+
+@dataclass
+class _Job:
+    item: Item
+    stem: Optional[str]
+    slot: Optional[int]
+    probs: np.ndarray
+    raw: np.ndarray
+    geos: List[Geometry]
+    size: Tuple[int, int]
+    tile_image: Optional[Stored]
+    image: Optional[np.ndarray] = None  # explain_images only; stays in the parent
+
+
+def _tile_size(size: Tuple[int, int], tile: int) -> Tuple[int, int]:
+    """``(h, w)`` of the image in a mosaic tile (as :func:`chexcam.viz.mosaic` shrinks it)."""
+    h, w = size
+    s = tile / max(h, w)
+    return max(1, int(round(h * s))), max(1, int(round(w * s)))
+
+
+def _slot_bytes(cfg: Config, outdir: Optional[str]) -> int:
+    """Bytes a :func:`_load` leaves on its shelf: the crops, and the image at tile size for a mosaic."""
+    crops = (10 if cfg.infer.ten_crop else 1) * 3 * cfg.data.crop * cfg.data.crop * 4
+    tile = cfg.infer.tile * cfg.infer.tile * 3 if outdir is not None and cfg.infer.mosaic else 0
+    return crops + tile + 256
+
+
+def _load(ctx: _Context, job: Tuple[Optional[str], Item, Optional[int]], shelf: Shelf):
+    """Decode and preprocess one image (a worker's first task); a bad file becomes a :class:`_Bad`."""
+    stem, item, slot = job
+    cfg = ctx.cfg
+    try:
+        img = read_image(item.path, max_pixels=cfg.data.max_pixels)
+    except BadImageError as exc:
+        return _Bad(item, str(exc), slot)
+    if cfg.infer.ten_crop:
+        x, geos = TenCrop.from_config(cfg).crops_and_geometry(img)
+    else:
+        x, g = eval_transform(cfg)(img)
+        x, geos = x[None], [g]
+    size = (int(img.shape[0]), int(img.shape[1]))
+    tile = None
+    if ctx.outdir is not None and cfg.infer.mosaic:
+        th, tw = _tile_size(size, cfg.infer.tile)
+        tile = shelf.put(cv2.resize(img, (tw, th), interpolation=cv2.INTER_AREA))
+    image = Stored(array=img) if ctx.keep_image else None  # variable size: it travels pickled
+    return _Loaded(item, stem, slot, shelf.put(x), geos, size, tile, image)
+
+
+def _finish(ctx: _Context, job: _Job, shelf: Shelf):
+    """Boxes of one explained image and, in a run, its files (a worker's second task)."""
+    cfg = ctx.cfg
+    interp = "linear" if cfg.cam.upsample else "nearest"
+    boxes, scores, peaks = boxes_from_raw(cfg, job.raw, job.geos, job.size, interp)
+    if ctx.outdir is None:
+        return boxes, scores, peaks
+    tile = None if job.tile_image is None else shelf.get(job.tile_image)
+    res = Explained(job.item, None, job.probs, None, boxes, scores, peaks, raw=job.raw, geos=job.geos,
+                    interp=interp, normalize=cfg.cam.normalize, size=job.size, tile_image=tile)
+    write_outputs(cfg, res, ctx.outdir, job.stem)
+    return job.stem
+
+
+def _batches(cfg: Config, explainer, loaded: Iterable, stages: Stages,
+             on_bad: Callable[[_Bad], None]) -> Iterator[_Job]:
+    """Group decoded images into batches of ``infer.batch_size`` good ones, explain each, split per image."""
+    size, per = cfg.infer.batch_size, 10 if cfg.infer.ten_crop else 1
+    batch: List[_Loaded] = []
+
+    def run(batch: List[_Loaded]) -> Iterator[_Job]:
+        xs = [stages.shelf(b.slot).get(b.x) for b in batch]
+        x = np.concatenate(xs) if len(xs) > 1 else np.array(xs[0])  # copies out of the slots
+        probs, raw = explainer(x, normalize=False, upsample=False, relu=cfg.cam.relu)
+        for j, b in enumerate(batch):
+            p = probs[j * per:(j + 1) * per].mean(axis=0)
+            yield _Job(b.item, b.stem, b.slot, p, np.ascontiguousarray(raw[j * per:(j + 1) * per]), b.geos, b.size,
+                       b.tile_image, None if b.image is None else b.image.array)
+
+    for r in loaded:
+        if isinstance(r, _Bad):
+            on_bad(r)
+            continue
+        batch.append(r)
+        if len(batch) >= size:
+            yield from run(batch)
+            batch = []
+    if batch:
+        yield from run(batch)
+
+
+def _stream(cfg: Config, explainer, jobs: Sequence[Tuple[Optional[str], Item]], stages: Stages,
+            on_bad: Callable[[_Bad], None], bar) -> Iterator[Tuple[_Job, object]]:
+    """``(job, what _finish returned)`` for every good image, in input order. Each image has a slot of the
+    shared arena from its decoding to its files (its crops and tile-size image are there)."""
+    n = stages.processes
+
+    def to_load() -> Iterator[Tuple[tuple, Optional[int]]]:
+        for stem, item in jobs:
+            slot = stages.new_slot()
+            yield (stem, item, slot), slot
+
+    def counted_bad(b: _Bad) -> None:
+        stages.free_slot(b.slot)
+        on_bad(b)
+        bar.update(1)
+
+    loaded = stages.map(_load, to_load(), ahead=2 * cfg.infer.batch_size + n, cancellable=True)
+    kept: collections.deque = collections.deque()
+
+    def to_finish(explained: Iterable[_Job]) -> Iterator[Tuple[_Job, Optional[int]]]:
+        for job in explained:
+            kept.append(job)
+            # the full image stays here (explain_images returns it); workers need the raw maps and the tile
+            yield (job if job.image is None or not n else dataclasses.replace(job, image=None)), job.slot
+
+    for out in stages.map(_finish, to_finish(_batches(cfg, explainer, loaded, stages, counted_bad)),
+                          ahead=cfg.infer.batch_size + 2 * n, finish_on_interrupt=True):
+        job = kept.popleft()
+        stages.free_slot(job.slot)
+        bar.update(1)
+        yield job, out
+
+
+def _stages(cfg: Config, processes: int, ctx: _Context) -> Stages:
+    """The worker pool of a run, with a slot per image that can be between decoding and written."""
+    bs = cfg.infer.batch_size
+    slots = (2 * bs + processes) + 2 * bs + (bs + 2 * processes) + 2  # decoding + batching + finishing
+    return Stages(processes, ctx, slot_bytes=_slot_bytes(cfg, ctx.outdir), slots=slots)
+
+
+def _bad_policy(cfg: Config, on_bad: Optional[Callable[[str], None]], follow_config: bool) -> Callable[[_Bad], None]:
+    """What a bad file does: under ``data.on_bad_image: error`` (when ``follow_config``) it stops the run with
+    one line naming it; otherwise it is logged and passed to ``on_bad``."""
+    def handle(b: _Bad) -> None:
+        if follow_config and cfg.data.on_bad_image == "error":
+            raise BadImageError(b.reason)
+        logger.warning("skipped: %s", b.reason)
+        if on_bad is not None:
+            on_bad(b.reason)
+    return handle
+
+
+def explain_images(cfg: Config, explainer, items: Sequence[Item], on_bad: Optional[Callable[[str], None]] = None,
+                   progress: bool = True, workers: Optional[int] = None) -> Iterator[Explained]:
+    """Stream :class:`Explained` results over ``items`` in order, ``infer.batch_size`` images per forward pass.
+
+    Raw maps (ReLU per ``cam.relu``) are boxed in the original frame (:func:`boxes_from_raw`); the full-size
+    maps are made when ``.maps`` is read. A file that cannot be decoded follows ``data.on_bad_image``
+    (``error`` raises a :class:`BadImageError` naming it, ``skip`` logs it and goes on), unless ``on_bad`` is
+    given: then it is logged, passed to ``on_bad`` and skipped. ``workers``: processes decoding ahead and boxing
+    behind the model (default ``infer.workers``; none for a single batch; 0 = all in this process).
     """
-    tf = eval_transform(cfg)
-    ten = TenCrop(cfg.data.resize, cfg.data.crop, cfg.data.mean, cfg.data.std, cfg.data.resize_mode) \
-        if cfg.infer.ten_crop else None
+    items = list(items)
+    if workers is None:
+        workers = workers_for(cfg.infer.workers) if len(items) > cfg.infer.batch_size else 0
     interp = "linear" if cfg.cam.upsample else "nearest"
     bar = tqdm(total=len(items), desc="infer", unit="img", disable=not progress)
     try:
-        for batch in _batches(items, cfg.infer.batch_size):
-            good, xs, geos = [], [], []
-            for item in batch:
-                try:
-                    img = read_image(item.path)
-                except BadImageError as exc:
-                    logger.warning("skipped: %s", exc)
-                    if on_bad:
-                        on_bad(str(exc))
-                    bar.update(1)
-                    continue
-                if ten is not None:
-                    x, g = ten.crops_and_geometry(img)
-                else:
-                    x, g = tf(img)
-                    x, g = x[None], [g]
-                good.append((item, img))
-                xs.append(x)
-                geos.append(g)
-            if not good:
-                continue
-            probs, maps = explainer(np.concatenate(xs), normalize=False, upsample=False, relu=cfg.cam.relu)
-            per = 10 if ten is not None else 1
-            for j, (item, img) in enumerate(good):
-                p = probs[j * per:(j + 1) * per].mean(axis=0)
-                full = crops_to_original(maps[j * per:(j + 1) * per], geos[j], interp)
-                full = normalize_maps(full, cfg.cam.normalize, inplace=True)
-                geo = geos[j][-1]
-                boxes, scores, peaks = boxes_for_maps(full, cfg.localization, cfg.data.crop, geo.sx, geo.sy)
-                yield Explained(item, img, p, full, boxes, scores, peaks)
-                bar.update(1)
+        with _stages(cfg, workers, _Context(cfg, keep_image=True)) as stages:
+            for job, (boxes, scores, peaks) in _stream(cfg, explainer, [(None, it) for it in items], stages,
+                                                       _bad_policy(cfg, on_bad, on_bad is None), bar):
+                yield Explained(job.item, job.image, job.probs, None, boxes, scores, peaks, raw=job.raw,
+                                geos=job.geos, interp=interp, normalize=cfg.cam.normalize, size=job.size)
     finally:
         bar.close()
 
@@ -176,7 +396,7 @@ def record_of(cfg: Config, res: Explained) -> dict:
     labels = list(cfg.data.labels)
     rec = {
         "image": os.path.abspath(res.item.path),
-        "size": [int(res.image.shape[1]), int(res.image.shape[0])],
+        "size": [int(res.size[1]), int(res.size[0])],
         "model": cfg.model.name, "weights": cfg.model.weights, "method": cfg.cam.method,
         "ten_crop": bool(cfg.infer.ten_crop), "boxes_mode": cfg.localization.boxes,
         "box_format": "x1,y1,x2,y2 original pixels",
@@ -190,49 +410,127 @@ def record_of(cfg: Config, res: Explained) -> dict:
             "positive": bool(res.probs[k] >= cfg.infer.threshold),
             "boxes": [[round(float(v), 1) for v in b] for b in res.boxes[k]],
             "box_scores": [round(float(s), 4) for s in res.scores[k]],
-            "peak": [round(v, 1) for v in res.peaks[k]],
+            "peak": [round(float(v), 1) for v in res.peaks[k]],
         }
     return rec
 
 
-def write_outputs(cfg: Config, res: Explained, outdir: str, stem: str) -> None:
-    """Mosaic PNG, JSON record and (``infer.save_npz``) the maps of one image."""
+def png_params(level: int) -> List[int]:
+    """OpenCV PNG settings for ``infer.png_compression``: 0 stores the pixels unfiltered (fastest, about 3x
+    larger), 1 is OpenCV's fast default (zlib level 1, SUB filter, RLE), 2-9 zlib levels (smaller, slower)."""
+    if level <= 0:
+        return [cv2.IMWRITE_PNG_COMPRESSION, 0, cv2.IMWRITE_PNG_FILTER, cv2.IMWRITE_PNG_FILTER_NONE]
+    if level == 1:
+        return [cv2.IMWRITE_PNG_COMPRESSION, 1, cv2.IMWRITE_PNG_STRATEGY, cv2.IMWRITE_PNG_STRATEGY_RLE,
+                cv2.IMWRITE_PNG_FILTER, cv2.IMWRITE_PNG_FILTER_SUB]
+    return [cv2.IMWRITE_PNG_COMPRESSION, int(level), cv2.IMWRITE_PNG_FILTER, cv2.IMWRITE_PNG_FILTER_SUB]
+
+
+def _write_png(path: str, rgb: np.ndarray, level: int) -> None:
+    ok, buf = cv2.imencode(".png", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR), png_params(level))
+    if not ok:
+        raise ChexcamError(f"cannot encode {path}")
+    with atomic_path(path) as tmp, open(tmp, "wb") as fh:
+        fh.write(buf.tobytes())
+
+
+def mosaic_of(cfg: Config, res: Explained) -> np.ndarray:
+    """The 3x5 mosaic of one image, drawn at tile size: the image shrunk once (as :func:`chexcam.viz.mosaic`
+    does), the maps made at that size, the boxes scaled to it."""
     labels = list(cfg.data.labels)
     titles = [f"{name}: {100 * p:.1f}%" for name, p in zip(labels, res.probs)]
     order = list(np.argsort(-res.probs, kind="stable")) if cfg.infer.sort else None
+    th, tw = _tile_size(res.size, cfg.infer.tile)
+    base = res.tile_image
+    if base is None:
+        base = cv2.resize(res.image, (tw, th), interpolation=cv2.INTER_AREA)
+    s = cfg.infer.tile / max(res.size)
     draw = cfg.infer.draw_boxes
     boxes = None
     if draw != "none":
-        boxes = [b if draw == "all" or p >= cfg.infer.threshold else [] for b, p in zip(res.boxes, res.probs)]
-    sheet = viz.mosaic(res.image, res.maps, titles, colormap=cfg.infer.colormap, alpha=cfg.infer.alpha,
-                       tile=cfg.infer.tile, boxes=boxes, with_colorbar=cfg.infer.colorbar, order=order)
-    viz.save_png(os.path.join(outdir, f"{stem}_cam.png"), sheet)
-    with open(os.path.join(outdir, f"{stem}.json"), "w", encoding="utf-8") as fh:
+        boxes = [np.asarray(b, dtype=np.float64).reshape(-1, 4) * s if draw == "all" or p >= cfg.infer.threshold
+                 else [] for b, p in zip(res.boxes, res.probs)]
+    return viz.mosaic(base, res.maps_at(th, tw), titles, colormap=cfg.infer.colormap, alpha=cfg.infer.alpha,
+                      tile=cfg.infer.tile, boxes=boxes, with_colorbar=cfg.infer.colorbar, order=order)
+
+
+def write_outputs(cfg: Config, res: Explained, outdir: str, stem: str) -> None:
+    """JSON record, mosaic PNG (``infer.mosaic``) and maps at the original size (``infer.save_npz``) of one
+    image, each written under a temporary name and renamed (an interrupted run never leaves half a file)."""
+    labels = list(cfg.data.labels)
+    with atomic_path(os.path.join(outdir, f"{stem}.json")) as tmp, open(tmp, "w", encoding="utf-8") as fh:
         json.dump(record_of(cfg, res), fh, indent=1)
+    if cfg.infer.mosaic:
+        _write_png(os.path.join(outdir, f"{stem}_cam.png"), mosaic_of(cfg, res), cfg.infer.png_compression)
     if cfg.infer.save_npz:
-        np.savez_compressed(os.path.join(outdir, f"{stem}_maps.npz"), maps=res.maps.astype(np.float16),
-                            probs=res.probs.astype(np.float32), labels=np.array(labels))
+        with atomic_path(os.path.join(outdir, f"{stem}_maps.npz")) as tmp, open(tmp, "wb") as fh:
+            np.savez_compressed(fh, maps=res.maps.astype(np.float16), probs=res.probs.astype(np.float32),
+                                labels=np.array(labels))
 
 
-def run(cfg: Config) -> dict:
-    """Explain every input image; returns a summary dict (counts and output folder)."""
+def run(cfg: Config, workers: Optional[int] = None) -> dict:
+    """Explain every input image; returns a summary dict (counts, skipped files, speed, output folder).
+
+    ``workers``: processes beside the model (default ``infer.workers``; 0: everything in this process, the
+    serial path, whose outputs are the same). Under ``paddle.distributed.launch`` each rank explains every
+    ``world``-th input and writes its own files into the same folder (names are given before the split, so
+    they do not depend on the number of ranks); rank 0 writes ``summary.json`` for all.
+
+    Raises:
+        BadImageError: a bad file under ``data.on_bad_image: error`` (its name in the message).
+        ChexcamError: no image could be explained.
+    """
     require_weights(cfg)
+    rank, world = init_dist()
     items = resolve_inputs(cfg)
-    explainer = explainer_from_config(cfg, load_model(cfg))
+    used: set = set()
+    jobs = shard([(_unique_stem(it.path, used), it) for it in items], rank, world)
     outdir = os.path.join(cfg.output_dir, cfg.infer.subdir)
     os.makedirs(outdir, exist_ok=True)
-    save_config(cfg, os.path.join(outdir, "config.yaml"))
-    done, bad, used = 0, [], set()
-    for res in explain_images(cfg, explainer, items, on_bad=bad.append):
-        write_outputs(cfg, res, outdir, _unique_stem(res.item.path, used))
-        done += 1
-    summary = {"images": done, "skipped": len(bad), "bad_files": bad[:50], "output_dir": os.path.abspath(outdir),
-               "engine": explainer.engine}
-    with open(os.path.join(outdir, "summary.json"), "w", encoding="utf-8") as fh:
-        json.dump(summary, fh, indent=1)
-    logger.info("wrote %d mosaics and JSON records to %s (%d skipped)", done, summary["output_dir"], len(bad))
+    if rank == 0:
+        save_config(cfg, os.path.join(outdir, "config.yaml"))
+    processes = workers_for(cfg.infer.workers) if workers is None else workers
+    if world > 1 and workers is None and not cfg.infer.workers:
+        processes = max(1, processes // world)
+    done, bad, times = 0, [], []
+    interrupted, engine, t0 = False, None, time.time()
+    bar = tqdm(total=len(jobs), desc="infer", unit="img", disable=rank != 0)
+    try:
+        with _stages(cfg, processes, _Context(cfg, outdir=outdir)) as stages:  # forked before the predictor exists
+            explainer = explainer_from_config(cfg, load_model(cfg))
+            engine, t0 = explainer.engine, time.time()
+            for _ in _stream(cfg, explainer, jobs, stages, _bad_policy(cfg, bad.append, True), bar):
+                done += 1
+                times.append(time.time())
+    except KeyboardInterrupt:
+        interrupted = True
+    finally:
+        bar.close()
+    seconds = time.time() - t0
+    steady = steady_rate(times, cfg.infer.batch_size)
+    mine = {"images": done, "bad": bad, "seconds": seconds, "interrupted": interrupted, "steady": steady}
+    parts = [mine] if interrupted else gather(mine, world)  # an interrupted rank does not wait for the others
+    total, skipped = sum(p["images"] for p in parts), [r for p in parts for r in p["bad"]]
+    slowest = max(p["seconds"] for p in parts)
+    rates = [p["steady"] for p in parts if p["steady"]]
+    summary = {"images": total, "skipped": len(skipped), "bad_files": skipped,
+               "output_dir": os.path.abspath(outdir), "engine": engine, "workers": processes, "ranks": world,
+               "seconds": round(slowest, 3), "images_per_s": round(sum(rates), 3) if rates else None,
+               "interrupted": any(p["interrupted"] for p in parts)}
+    if rank == 0:
+        with atomic_path(os.path.join(outdir, "summary.json")) as tmp, open(tmp, "w", encoding="utf-8") as fh:
+            json.dump(summary, fh, indent=1)
+    if interrupted:
+        logger.warning("interrupted: %d images written to %s", done, summary["output_dir"])
+        raise KeyboardInterrupt
+    if total == 0:
+        raise ChexcamError(f"no image explained: all {len(items)} inputs were bad"
+                           + (f" (first: {skipped[0]})" if skipped else ""))
+    logger.info("wrote %d JSON records%s to %s (%d skipped) in %.1f s (%.2f images/s in steady state)", total,
+                " and mosaics" if cfg.infer.mosaic else "", summary["output_dir"], len(skipped), slowest,
+                summary["images_per_s"] or 0.0)
     return summary
 
 
 __all__ = ["Item", "Explained", "resolve_inputs", "load_model", "explainer_from_config", "explain_images",
-           "record_of", "write_outputs", "run"]
+           "record_of", "write_outputs", "mosaic_of", "png_params", "frame_maps", "box_grid", "boxes_from_raw", "run"]
