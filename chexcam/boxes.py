@@ -125,6 +125,15 @@ def boxes_from_map(m: np.ndarray, mode: str = "regions", max_boxes: int = 3, thr
     raise ChexcamError(f"unknown box mode '{mode}'; expected one of {', '.join(BOX_MODES)}")
 
 
+def search_grid(size: Tuple[int, int], crop: int) -> Tuple[int, int]:
+    """The ``(h, w)`` grid a map of ``size`` is searched on: its longer side at twice the network input
+    ``crop`` (never larger than the map). A map holds no detail finer than a feature cell (32 input px for
+    DenseNet121), so a finer search only costs time."""
+    h, w = size
+    scale = min(1.0, 2.0 * crop / max(h, w))
+    return max(1, int(round(h * scale))), max(1, int(round(w * scale)))
+
+
 def boxes_for_maps(maps: np.ndarray, loc, crop: int, scale_x: float, scale_y: float
                    ) -> Tuple[List[np.ndarray], List[np.ndarray], List[Tuple[float, float]]]:
     """Boxes, scores and peak points of every map of an image, sized in network-input units.
@@ -144,7 +153,7 @@ def boxes_for_maps(maps: np.ndarray, loc, crop: int, scale_x: float, scale_y: fl
     scale = min(1.0, 2.0 * crop / max(h, w))
     size = (loc.peak_size * crop / scale_x * scale, loc.peak_size * crop / scale_y * scale)
     dist = max(1, int(round(loc.min_distance * crop / (0.5 * (scale_x + scale_y)) * scale)))
-    small_h, small_w = max(1, int(round(h * scale))), max(1, int(round(w * scale)))
+    small_h, small_w = search_grid((h, w), crop)
     fx, fy = w / small_w, h / small_h
     boxes, scores, peaks = [], [], []
     for m in maps:

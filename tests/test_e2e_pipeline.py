@@ -131,8 +131,9 @@ def _folder(path, n=11, bad_at=(4,)):
 
 
 def _outputs(folder):
+    """The per-image outputs (the viewer's page and folder are built from them afterwards)."""
     return {f: open(os.path.join(folder, f), "rb").read() for f in sorted(os.listdir(folder))
-            if f not in ("config.yaml", "summary.json")}
+            if f not in ("config.yaml", "summary.json", "index.html", "viewer")}
 
 
 def test_workers_give_the_serial_outputs_byte_for_byte_and_skip_bad_images(tmp_path):

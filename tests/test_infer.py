@@ -138,7 +138,9 @@ def test_input_kinds_glob_csv_txt_file_and_duplicate_names(tmp_path):
     summary = infer.run(cfg)
     assert summary["images"] == 2
     assert sorted(os.listdir(summary["output_dir"])) == sorted(
-        ["config.yaml", "summary.json", "gray.json", "gray_cam.png", "gray_2.json", "gray_2_cam.png"])
+        ["config.yaml", "summary.json", "gray.json", "gray_cam.png", "gray_2.json", "gray_2_cam.png", "index.html",
+         "viewer"])
+    assert summary["viewer"] == os.path.join(summary["output_dir"], "index.html")
     txt = infer.resolve_inputs(_cfg(tmp_path, f"infer.input={tmp_path / 'list.txt'}"))
     assert [os.path.basename(i.path) for i in txt] == ["photo.jpg", "rgba.png"]
     one = infer.resolve_inputs(_cfg(tmp_path, f"infer.input={tmp_path / 'a' / 'photo.jpg'}"))

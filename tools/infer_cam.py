@@ -30,6 +30,8 @@ def main(cfg, args):
         print(f"skipped: {reason}")
     if summary["skipped"] > SHOW_SKIPPED:
         print(f"... and {summary['skipped'] - SHOW_SKIPPED} more (summary.json lists them all)")
+    if summary.get("viewer"):
+        print(f"viewer: {summary['viewer']}")
     return 0
 
 

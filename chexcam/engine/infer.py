@@ -9,9 +9,9 @@ results come out in input order and are the serial path's (``infer.workers`` onl
 Each output gets the maps at the resolution it needs, straight from the raw maps through
 :class:`~chexcam.data.transforms.Geometry` (never drawn at 1024 px and shrunk):
 
-* boxes and peaks: maps in the original frame at a search grid of twice the network input on the longer
-  side (448 px for a 1024 px image at crop 224, the grid :func:`chexcam.boxes.boxes_for_maps` searched after
-  shrinking full-size maps), scaled back to original pixels;
+* boxes and peaks: maps in the original frame at :func:`chexcam.boxes.search_grid` (twice the network input
+  on the longer side: 448 px for a 1024 px image at crop 224, the grid :func:`chexcam.boxes.boxes_for_maps`
+  searched after shrinking full-size maps), scaled back to original pixels;
 * mosaic tiles: maps at tile size (``infer.tile``);
 * ``infer.save_npz`` (and :attr:`Explained.maps`): the full original size, computed only when asked for, as
   before.
@@ -36,7 +36,7 @@ import numpy as np
 from tqdm import tqdm
 
 from .. import viz
-from ..boxes import boxes_for_maps
+from ..boxes import boxes_for_maps, search_grid
 from ..config import Config, save_config
 from ..data import build_split
 from ..data.io import list_images, read_image, read_list
@@ -46,6 +46,7 @@ from ..models import build_model, require_weights
 from ..postprocess import normalize_maps
 from ..serving import Explainer, cpu_count
 from ..utils import atomic_path, seed_everything, set_device
+from ..viewer import write_viewer
 from .pipeline import Shelf, Stages, Stored, gather, init_dist, shard, steady_rate, workers_for
 
 logger = logging.getLogger(__name__)
@@ -102,19 +103,12 @@ def frame_maps(raw: np.ndarray, geos: Sequence[Geometry], h: int, w: int, interp
     return normalize_maps(full, normalize, inplace=True)
 
 
-def box_grid(size: Tuple[int, int], crop: int) -> Tuple[int, int]:
-    """The ``(h, w)`` grid boxes are searched on: the original frame with its longer side at twice the network
-    input (never larger than the original). Maps hold no detail finer than a feature cell (32 input px)."""
-    h, w = size
-    s = min(1.0, 2.0 * crop / max(h, w))
-    return max(1, int(round(h * s))), max(1, int(round(w * s)))
-
-
 def boxes_from_raw(cfg: Config, raw: np.ndarray, geos: Sequence[Geometry], size: Tuple[int, int], interp: str
                    ) -> Tuple[List[np.ndarray], List[np.ndarray], List[Tuple[float, float]]]:
-    """Boxes, scores and peaks of every class in original pixels, searched on :func:`box_grid`."""
+    """Boxes, scores and peaks of every class in original pixels, searched on the grid of
+    :func:`chexcam.boxes.search_grid` with the maps made there directly (not at full size and shrunk)."""
     h, w = size
-    bh, bw = box_grid(size, cfg.data.crop)
+    bh, bw = search_grid(size, cfg.data.crop)
     m = frame_maps(raw, geos, bh, bw, interp, cfg.cam.normalize)
     g = geos[-1].resized(bh, bw)
     boxes, scores, peaks = boxes_for_maps(m, cfg.localization, cfg.data.crop, g.sx, g.sy)
@@ -517,6 +511,8 @@ def run(cfg: Config, workers: Optional[int] = None) -> dict:
                "output_dir": os.path.abspath(outdir), "engine": engine, "workers": processes, "ranks": world,
                "seconds": round(slowest, 3), "images_per_s": round(sum(rates), 3) if rates else None,
                "interrupted": any(p["interrupted"] for p in parts)}
+    # the HTML viewer of the folder (index.html), with the full outputs; JSON-only runs stay lean
+    summary["viewer"] = write_viewer(outdir) if rank == 0 and total and not interrupted and cfg.infer.mosaic else None
     if rank == 0:
         with atomic_path(os.path.join(outdir, "summary.json")) as tmp, open(tmp, "w", encoding="utf-8") as fh:
             json.dump(summary, fh, indent=1)
@@ -533,4 +529,4 @@ def run(cfg: Config, workers: Optional[int] = None) -> dict:
 
 
 __all__ = ["Item", "Explained", "resolve_inputs", "load_model", "explainer_from_config", "explain_images",
-           "record_of", "write_outputs", "mosaic_of", "png_params", "frame_maps", "box_grid", "boxes_from_raw", "run"]
+           "record_of", "write_outputs", "mosaic_of", "png_params", "frame_maps", "boxes_from_raw", "run"]

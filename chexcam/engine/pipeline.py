@@ -102,7 +102,10 @@ def _worker(tasks, results, lock, stop, context, arena, slot_bytes) -> None:
     # parent's pool (measured with opencv 5.0); OpenCV's own calls work in the child.
     view = memoryview(arena) if arena is not None else None
     while True:
-        msg = tasks.get()
+        try:
+            msg = tasks.get()
+        except EOFError:  # the parent has gone
+            return
         if msg is None:
             return
         tid, fn, arg, slot, cancellable = msg
@@ -119,6 +122,17 @@ def _worker(tasks, results, lock, stop, context, arena, slot_bytes) -> None:
                 results.send(out)
             except Exception as exc:  # an unpicklable value or exception
                 results.send((tid, False, ChexcamError(f"worker result could not be sent: {exc!r}")))
+
+
+def _widen(fd: int, size: int = 1 << 20) -> None:
+    """Give a pipe ``size`` bytes of buffer (Linux; 64 kB by default), so the parent queues every task in
+    flight without waiting for a worker to read; elsewhere, or above the system's limit, it stays as it is."""
+    try:
+        import fcntl
+
+        fcntl.fcntl(fd, getattr(fcntl, "F_SETPIPE_SZ", 1031), size)
+    except (ImportError, OSError):
+        pass
 
 
 class Stages:
@@ -158,7 +172,9 @@ class Stages:
             self._arena = mmap.mmap(-1, self.slot_bytes * slots)  # anonymous and shared with forked children
             self._free = list(range(slots - 1, -1, -1))
         self._tasks = ctx.SimpleQueue()  # put() writes from this thread: no feeder thread, no GIL wait
+        _widen(self._tasks._writer.fileno())  # room for every task in flight: put() never waits
         self._results, writer = ctx.Pipe(duplex=False)
+        _widen(writer.fileno())
         self._lock, self._stop = ctx.Lock(), ctx.Event()
         for _ in range(self.processes):
             p = ctx.Process(target=_worker, args=(self._tasks, writer, self._lock, self._stop, context, self._arena,
@@ -186,6 +202,8 @@ class Stages:
                cancellable: bool = False) -> int:
         """Queue ``fn(context, arg, shelf of slot)``; returns its id for :meth:`collect`."""
         tid, self._next = self._next, self._next + 1
+        if self.processes:
+            self._check_workers()
         if not self.processes:
             try:
                 self._done[tid] = (True, fn(self.context, arg, Shelf(None)))
@@ -199,10 +217,7 @@ class Stages:
         """The value of task ``tid`` (waiting for it); its exception is raised here."""
         while tid not in self._done:
             while not self._results.poll(1.0):
-                dead = [p for p in self._procs if not p.is_alive()]
-                if dead:
-                    raise ChexcamError(f"a worker process died (exit code {dead[0].exitcode}) while decoding or "
-                                       "writing; run again with -o infer.workers=1 to find the file")
+                self._check_workers()
             got, ok, value = self._results.recv()
             if got in self._dropped:
                 self._dropped.discard(got)
@@ -212,6 +227,12 @@ class Stages:
         if not ok:
             raise value
         return value
+
+    def _check_workers(self) -> None:
+        dead = [p for p in self._procs if not p.is_alive()]
+        if dead:
+            raise ChexcamError(f"a worker process died (exit code {dead[0].exitcode}) while decoding or writing; "
+                               "run again with -o infer.workers=1 to see where")
 
     def map(self, fn: Callable[[Any, Any, Shelf], Any], inputs: Iterable[Tuple[Any, Optional[int]]], ahead: int,
             cancellable: bool = False, finish_on_interrupt: bool = False) -> Iterator[Any]:
