@@ -7,6 +7,10 @@ import glob
 import importlib.util
 import json
 import os
+import signal
+import subprocess
+import sys
+import time
 
 import cv2
 import numpy as np
@@ -136,41 +140,43 @@ def _outputs(folder):
             if f not in ("config.yaml", "summary.json", "index.html", "viewer")}
 
 
+def _tool(name, config, overrides, **kw):
+    """Run ``tools/<name>.py`` in a fresh process (the only place workers may be forked: a test process has
+    threads, see chexcam.engine.pipeline.fork_is_safe)."""
+    cmd = [sys.executable, os.path.join(ROOT, "tools", f"{name}.py"), "-c", config]
+    for o in overrides:
+        cmd += ["-o", o]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=600, **kw)
+
+
 def test_workers_give_the_serial_outputs_byte_for_byte_and_skip_bad_images(tmp_path):
-    """Acceptance: records, mosaics and maps written by worker processes equal the serial path's exactly;
-    bad images are skipped in order without stopping the others, and listed."""
+    """Acceptance: records, mosaics and maps written by worker processes (infer_cam.py, 2 workers) equal the
+    serial path's exactly; bad images are skipped in order without stopping the others, and listed."""
     inp = _folder(str(tmp_path / "in"), bad_at=(0, 4, 9))
     common = TINY + [f"infer.input={inp}", "infer.batch_size=3", "infer.save_npz=true",
                      "infer.draw_boxes=all", "data.on_bad_image=skip", "infer.sort=true"]
-    out = {}
-    for workers in (0, 2):
-        cfg = chexcam.load_config(CHEST, common + [f"output_dir={tmp_path / f'w{workers}'}"])
-        paddle.seed(0)
-        s = infer.run(cfg, workers=workers)
-        assert s["images"] == 8 and s["skipped"] == 3 and s["workers"] == workers
+    serial = infer.run(chexcam.load_config(CHEST, common + [f"output_dir={tmp_path / 'w0'}"]), workers=0)
+    proc = _tool("infer_cam", CHEST, common + [f"output_dir={tmp_path / 'w2'}", "infer.workers=2"])
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    pooled = json.load(open(tmp_path / "w2" / "cam" / "summary.json"))
+    assert pooled["workers"] == 2 and serial["workers"] == 0  # the pool really ran
+    for s in (serial, pooled):
+        assert s["images"] == 8 and s["skipped"] == 3 and s["images_per_s"] > 0
         assert [os.path.basename(r.split(": ")[-1]) for r in s["bad_files"]] == ["im00.png", "im04.png", "im09.png"]
-        assert s["images_per_s"] > 0
-        out[workers] = _outputs(s["output_dir"])
-    assert len(out[0]) == 8 * 3 and out[0] == out[2]
-    assert not [f for f in out[0] if ".tmp" in f]
+    assert "skipped: " in proc.stdout and "im04.png" in proc.stdout
+    a, b = _outputs(serial["output_dir"]), _outputs(pooled["output_dir"])
+    assert len(a) == 8 * 3 and a == b
+    assert not [f for f in os.listdir(pooled["output_dir"]) if ".tmp" in f]
 
 
-def test_explain_images_in_workers_equals_serial(tmp_path):
-    inp = _folder(str(tmp_path / "in"), n=7, bad_at=())
-    cfg = chexcam.load_config(CHEST, TINY + ["infer.batch_size=2", "infer.ten_crop=true"])
-    paddle.seed(0)
-    ex = chexcam.Explainer(chexcam.build_model(cfg))
-    items = [infer.Item(p) for p in sorted(glob.glob(os.path.join(inp, "*.png")))]
-    serial = list(infer.explain_images(cfg, ex, items, progress=False, workers=0))
-    pooled = list(infer.explain_images(cfg, ex, items, progress=False, workers=2))
-    assert [r.item.path for r in pooled] == [it.path for it in items]
-    for a, b in zip(serial, pooled):
-        np.testing.assert_array_equal(a.probs, b.probs)
-        np.testing.assert_array_equal(a.image, b.image)
-        for k in range(14):
-            np.testing.assert_array_equal(a.boxes[k], b.boxes[k])
-        assert a.peaks == b.peaks
-        np.testing.assert_array_equal(a.maps, b.maps)
+def test_a_process_with_threads_does_not_fork(tmp_path):
+    """Forking a process whose other threads may hold a lock can hang the child: a test process (paddle has
+    run) explains serially, with a warning when workers were asked for explicitly."""
+    assert not pipeline.fork_is_safe()
+    inp = _folder(str(tmp_path / "in"), n=3, bad_at=())
+    s = infer.run(chexcam.load_config(CHEST, TINY + [f"infer.input={inp}", f"output_dir={tmp_path}",
+                                                     "infer.mosaic=false", "infer.workers=2"]))
+    assert s["workers"] == 0 and s["images"] == 3
 
 
 def test_mosaic_at_tile_size_is_the_full_resolution_mosaic_within_rounding(nih_model):
@@ -256,14 +262,13 @@ class _Interrupting:
         return self.ex(x, **kw)
 
 
-@pytest.mark.parametrize("workers", [0, 2])
-def test_ctrl_c_stops_cleanly_and_keeps_what_was_written(tmp_path, monkeypatch, workers):
+def test_ctrl_c_stops_cleanly_and_keeps_what_was_written(tmp_path, monkeypatch):
     inp = _folder(str(tmp_path / "in"), n=9, bad_at=())
     cfg = chexcam.load_config(CHEST, TINY + [f"infer.input={inp}", f"output_dir={tmp_path}", "infer.batch_size=3"])
     real = infer.explainer_from_config
     monkeypatch.setattr(infer, "explainer_from_config", lambda c, m, **kw: _Interrupting(real(c, m, **kw)))
     with pytest.raises(KeyboardInterrupt):
-        infer.run(cfg, workers=workers)
+        infer.run(cfg, workers=0)
     out = os.path.join(str(tmp_path), "cam")
     names = sorted(os.listdir(out))
     assert not [f for f in names if ".tmp" in f]  # no half-written file
@@ -274,6 +279,34 @@ def test_ctrl_c_stops_cleanly_and_keeps_what_was_written(tmp_path, monkeypatch, 
         assert cv2.imread(os.path.join(out, f.replace(".json", "_cam.png"))) is not None
     summary = json.load(open(os.path.join(out, "summary.json")))
     assert summary["interrupted"] and summary["images"] == 3
+
+
+def test_ctrl_c_on_the_tool_with_workers_keeps_whole_files(tmp_path):
+    """SIGINT to infer_cam.py with 2 workers mid-run: exit status 130, every file written is whole (written
+    under a temporary name, renamed), the images under way are finished, summary.json says interrupted."""
+    inp = _folder(str(tmp_path / "in"), n=60, bad_at=())
+    cmd = [sys.executable, os.path.join(ROOT, "tools", "infer_cam.py"), "-c", CHEST]
+    for o in TINY + [f"infer.input={inp}", f"output_dir={tmp_path}", "infer.batch_size=2", "infer.workers=2",
+                     "infer.png_compression=9"]:
+        cmd += ["-o", o]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    out = tmp_path / "cam"
+    deadline = time.time() + 300
+    while time.time() < deadline and len(list(out.glob("im*.json"))) < 4 and proc.poll() is None:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == 130, err[-2000:]
+    assert "interrupted" in err and "Traceback" not in err
+    names = sorted(os.listdir(out))
+    assert not [f for f in names if ".tmp" in f]
+    records = [f for f in names if f.startswith("im") and f.endswith(".json")]
+    assert 4 <= len(records) < 60
+    for f in records:
+        json.load(open(out / f))
+        assert cv2.imread(str(out / f.replace(".json", "_cam.png"))) is not None
+    summary = json.load(open(out / "summary.json"))
+    assert summary["interrupted"] and summary["images"] == len(records) and summary["workers"] == 2
 
 
 def test_stages_keep_order_and_bound_what_is_in_flight():
@@ -346,19 +379,21 @@ def test_eval_on_the_predictor_equals_the_dynamic_graph(tmp_path):
         ref = evaluate.predict(model, ds, 5)
         ex = infer.explainer_from_config(cfg, model, method="cam")
         assert ex.engine == "predictor"
-        with pipeline.Stages(2, (ds,)) as stages:
+        with pipeline.Stages(0, (ds,)) as stages:  # serial here (a test process may not fork); the tool forks
             fast = evaluate.predict(model, ds, 5, explainer=ex, stages=stages)
         np.testing.assert_array_equal(fast["indices"], ref["indices"])
         np.testing.assert_array_equal(fast["targets"], ref["targets"])
         np.testing.assert_allclose(fast["probs"], ref["probs"], atol=1e-5)
     weights = str(tmp_path / "w.pdparams")
     paddle.save(model.state_dict(), weights)
-    metrics = []
-    for workers in (0, 2):
-        c = chexcam.load_config(MALARIA, tiny_overrides(csv_path, str(tmp_path / f"e{workers}"),
-                                                        **{"model.weights": weights, "infer.workers": workers}))
-        metrics.append(evaluate.run(c)["metrics"])
-    assert metrics[0]["binary"] == metrics[1]["binary"] and metrics[0]["images"] == 12
+    over = tiny_overrides(csv_path, str(tmp_path / "e0"), **{"model.weights": weights})
+    serial = evaluate.run(chexcam.load_config(MALARIA, over))["metrics"]
+    proc = _tool("eval", MALARIA, tiny_overrides(csv_path, str(tmp_path / "e2"),
+                                                 **{"model.weights": weights, "infer.workers": 2}))
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "predictor engine, 2 worker processes" in proc.stderr
+    pooled = json.load(open(tmp_path / "e2" / "metrics.json"))
+    assert pooled["binary"] == serial["binary"] and pooled["images"] == serial["images"] == 12
 
 
 def test_bf16_from_the_command_line(tmp_path):

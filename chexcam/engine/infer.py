@@ -47,7 +47,7 @@ from ..postprocess import normalize_maps
 from ..serving import Explainer, cpu_count
 from ..utils import atomic_path, seed_everything, set_device
 from ..viewer import write_viewer
-from .pipeline import Shelf, Stages, Stored, gather, init_dist, shard, steady_rate, workers_for
+from .pipeline import Shelf, Stages, Stored, dist_env, fork_is_safe, gather, init_dist, shard, steady_rate, workers_for
 
 logger = logging.getLogger(__name__)
 
@@ -357,8 +357,8 @@ def explain_images(cfg: Config, explainer, items: Sequence[Item], on_bad: Option
     behind the model (default ``infer.workers``; none for a single batch; 0 = all in this process).
     """
     items = list(items)
-    if workers is None:
-        workers = workers_for(cfg.infer.workers) if len(items) > cfg.infer.batch_size else 0
+    if workers is None:  # worth a pool for more than a batch, and only where forking is safe (quietly)
+        workers = workers_for(cfg.infer.workers) if len(items) > cfg.infer.batch_size and fork_is_safe() else 0
     interp = "linear" if cfg.cam.upsample else "nearest"
     bar = tqdm(total=len(items), desc="infer", unit="img", disable=not progress)
     try:
@@ -475,7 +475,7 @@ def run(cfg: Config, workers: Optional[int] = None) -> dict:
         ChexcamError: no image could be explained.
     """
     require_weights(cfg)
-    rank, world = init_dist()
+    rank, world = dist_env()  # the process group is joined after the workers are forked
     items = resolve_inputs(cfg)
     used: set = set()
     jobs = shard([(_unique_stem(it.path, used), it) for it in items], rank, world)
@@ -487,10 +487,14 @@ def run(cfg: Config, workers: Optional[int] = None) -> dict:
     if world > 1 and workers is None and not cfg.infer.workers:
         processes = max(1, processes // world)
     done, bad, times = 0, [], []
-    interrupted, engine, t0 = False, None, time.time()
-    bar = tqdm(total=len(jobs), desc="infer", unit="img", disable=rank != 0)
+    interrupted, engine, t0, bar = False, None, time.time(), None
     try:
-        with _stages(cfg, processes, _Context(cfg, outdir=outdir)) as stages:  # forked before the predictor exists
+        # the workers are forked first, while this process has no thread but paddle's idle ones (no progress
+        # bar, process group or predictor yet): see chexcam.engine.pipeline.fork_is_safe
+        with _stages(cfg, processes, _Context(cfg, outdir=outdir)) as stages:
+            processes = stages.processes  # 0 when forking was not safe here
+            init_dist()
+            bar = tqdm(total=len(jobs), desc="infer", unit="img", disable=rank != 0)
             explainer = explainer_from_config(cfg, load_model(cfg))
             engine, t0 = explainer.engine, time.time()
             for _ in _stream(cfg, explainer, jobs, stages, _bad_policy(cfg, bad.append, True), bar):
@@ -499,7 +503,8 @@ def run(cfg: Config, workers: Optional[int] = None) -> dict:
     except KeyboardInterrupt:
         interrupted = True
     finally:
-        bar.close()
+        if bar is not None:
+            bar.close()
     seconds = time.time() - t0
     steady = steady_rate(times, cfg.infer.batch_size)
     mine = {"images": done, "bad": bad, "seconds": seconds, "interrupted": interrupted, "steady": steady}

@@ -55,6 +55,13 @@ def native_threads() -> Optional[int]:
 _IMPORT_THREADS = native_threads()
 
 
+def fork_is_safe() -> bool:
+    """Whether this process may fork workers now: no thread has been started since the pipeline was imported
+    (the tools fork first thing; a notebook or a test process that has run paddle usually may not)."""
+    now = native_threads()
+    return now is None or _IMPORT_THREADS is None or now <= _IMPORT_THREADS
+
+
 def workers_for(setting: int) -> int:
     """``infer.workers`` -> a process count: ``0`` means one per CPU this process may use."""
     return int(setting) if setting and setting > 0 else cpu_count()
@@ -159,12 +166,11 @@ class Stages:
         self._procs: list = []
         if not self.processes:
             return
-        now = native_threads()
-        if fork_check and now is not None and _IMPORT_THREADS is not None and now > _IMPORT_THREADS:
+        if fork_check and not fork_is_safe():
             logger.warning("infer.workers=%d ignored: this process already runs %d threads (paddle, OpenCV or a "
                            "notebook started them), and a forked worker could wait forever on a lock one of them "
                            "held; running the stages serially (tools/infer_cam.py forks before any of them)",
-                           self.processes, now)
+                           self.processes, native_threads())
             self.processes = 0
             return
         ctx = multiprocessing.get_context("fork")
@@ -242,21 +248,27 @@ class Stages:
         submitted and yields their results, then goes on."""
         ahead = max(1, int(ahead)) if self.processes else 1
         pending: List[int] = []
+
+        def oldest():  # the oldest result, taken off the list only once it is in hand (Ctrl-C may come in between)
+            value = self.collect(pending[0])
+            pending.pop(0)
+            return value
+
         try:
             try:
                 for arg, slot in inputs:
                     pending.append(self.submit(fn, arg, slot, cancellable))
                     while len(pending) >= ahead:
-                        yield self.collect(pending.pop(0))
+                        yield oldest()
             except KeyboardInterrupt:
                 if not finish_on_interrupt:
                     raise
                 logger.warning("interrupted: finishing the %d images already under way", len(pending))
                 while pending:
-                    yield self.collect(pending.pop(0))
+                    yield oldest()
                 raise
             while pending:
-                yield self.collect(pending.pop(0))
+                yield oldest()
         finally:
             if pending and cancellable and self.processes:
                 self._stop.set()  # the rest only decodes: skip it (the pool is being left)
@@ -344,4 +356,5 @@ def gather(obj: Any, world: int) -> List[Any]:
     return out
 
 
-__all__ = ["Stages", "Shelf", "Stored", "workers_for", "steady_rate", "dist_env", "init_dist", "shard", "gather"]
+__all__ = ["Stages", "Shelf", "Stored", "fork_is_safe", "native_threads", "workers_for", "steady_rate", "dist_env",
+           "init_dist", "shard", "gather"]
