@@ -55,7 +55,7 @@ case "$what" in
     # which explanation to trust: CAM, Grad-CAM, Grad-CAM++ and LIME on the held-out parasitized cells
     # (faithfulness, stain pointing game, ms per image) -> compare/report.md
     "$py" tools/compare_methods.py -c configs/malaria.yaml -o output_dir="$out" -o model.weights="$out/best.pdparams" \
-      --lime segmentation=slic --lime n_segments=100 -q "$@"
+      -q "$@"
     echo "demo finished in $(( $(date +%s) - start )) s. Outputs in $out/:"
     echo "  best.pdparams, last.pdparams  checkpoints (weights + resolved config)"
     echo "  report.html, report.md        held-out metrics with the plots (open report.html in a browser)"

@@ -106,6 +106,24 @@ class CamConfig:
 
 
 @dataclass
+class LimeConfig:
+    """``cam.method: lime`` (every tool) and ``tools/compare_methods.py``: chexcam.cam.lime's options."""
+    num_samples: int = 1000
+    segmentation: Literal["quickshift", "slic"] = "quickshift"
+    kernel_size: float = 4.0
+    max_dist: float = 200.0
+    ratio: float = 0.2
+    n_segments: int = 50
+    compactness: float = 10.0
+    hide_color: Literal["mean", "segment"] = "mean"
+    kernel_width: float = 0.25
+    alpha: float = 1.0
+    batch_size: int = 50
+    seed: int = 0
+    top: int = 5
+
+
+@dataclass
 class InferConfig:
     input: Optional[str] = None
     batch_size: int = 8
@@ -162,6 +180,7 @@ class Config:
     infer: InferConfig = field(default_factory=InferConfig)
     export: ExportConfig = field(default_factory=ExportConfig)
     localization: LocalizationConfig = field(default_factory=LocalizationConfig)
+    lime: LimeConfig = field(default_factory=LimeConfig)
     #: where the config was loaded from (not a key; set by load_config)
     source: Optional[str] = field(default=None, metadata={"internal": True})
 
@@ -453,6 +472,26 @@ def validate(cfg: Config, where: str = "config") -> None:
                      ("export.cpu_threads", cfg.export.cpu_threads)):
         if val < 0:
             raise ConfigError(f"key '{key}' in {where} must be >= 0, got {val}")
+    lime = cfg.lime
+    for key, value, ok, want in (
+        ("lime.num_samples", lime.num_samples, lime.num_samples >= 1, ">= 1"),
+        ("lime.batch_size", lime.batch_size, lime.batch_size >= 1, ">= 1"),
+        ("lime.n_segments", lime.n_segments, lime.n_segments >= 1, ">= 1"),
+        ("lime.kernel_size", lime.kernel_size, lime.kernel_size > 0, "> 0"),
+        ("lime.max_dist", lime.max_dist, lime.max_dist > 0, "> 0"),
+        ("lime.ratio", lime.ratio, 0.0 <= lime.ratio <= 1.0, "in [0, 1]"),
+        ("lime.compactness", lime.compactness, lime.compactness > 0, "> 0"),
+        ("lime.kernel_width", lime.kernel_width, lime.kernel_width > 0, "> 0"),
+        ("lime.alpha", lime.alpha, lime.alpha >= 0, ">= 0"),
+        ("lime.seed", lime.seed, 0 <= lime.seed <= MAX_SEED, f"in [0, {MAX_SEED}]"),
+        ("lime.top", lime.top, lime.top >= 0, ">= 0 (superpixels outlined per class; 0: none)"),
+    ):
+        if not ok:
+            raise ConfigError(f"key '{key}' in {where} must be {want}, got {value!r}")
+    if cfg.cam.method == "lime" and cfg.infer.ten_crop:
+        raise ConfigError(f"cam.method=lime with infer.ten_crop=true in {where}: LIME explains one view of an "
+                          "image (ten crops would cost ten times its num_samples forward passes); set "
+                          "infer.ten_crop=false")
     i, loc = cfg.infer, cfg.localization
     for key, value, ok, want in (
         ("infer.alpha", i.alpha, 0.0 <= i.alpha <= 1.0, "in [0, 1]"),

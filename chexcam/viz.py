@@ -122,16 +122,26 @@ def mosaic(
     boxes: Optional[Sequence[Sequence[Sequence[float]]]] = None,
     with_colorbar: bool = True,
     order: Optional[Sequence[int]] = None,
+    segments: Optional[np.ndarray] = None,
+    keep: Optional[Sequence[Optional[Sequence[int]]]] = None,
+    boundary_color=(255, 255, 0),
 ) -> np.ndarray:
     """The original plus one labelled overlay per class, in a grid (3x5 for the 14 findings).
 
     ``maps`` is ``[K, H, W]`` in [0, 1] at the image's resolution or any other (resized here; NaN
     marks pixels outside the network's crop); ``boxes[k]`` are optional ``(x1, y1, x2, y2)`` boxes in
     the image's pixels; ``order`` lists the class indices in tile order (e.g. by probability).
+
+    LIME: ``segments`` are superpixel labels in the image's frame (any resolution: resized with nearest
+    neighbours, so a label never blends into another; negative = no superpixel) and ``keep[k]`` the labels
+    whose boundaries class ``k``'s tile outlines (its top-k positive superpixels), drawn with
+    :func:`mark_superpixels` as the LIME tutorials draw ``mark_boundaries(image, mask)``.
     """
     k = len(maps)
     if len(titles) != k:
         raise ValueError(f"{len(titles)} titles for {k} maps")
+    if (segments is None) != (keep is None) or (keep is not None and len(keep) != k):
+        raise ValueError(f"segments and keep go together, keep with one list per map ({k})")
     order = list(range(k)) if order is None else list(order)
     if cols is None:
         cols = 5 if k + 1 > 4 else k + 1
@@ -141,8 +151,11 @@ def mosaic(
     base = cv2.resize(image, size, interpolation=cv2.INTER_AREA)
     tiles = [label_tile(base, "Original")]
     thick = max(1, tile // 128)
+    seg = None if segments is None else superpixel_labels_at(segments, size)
     for i in order:
         t = overlay(base, maps[i], colormap, alpha)
+        if seg is not None:
+            t = mark_superpixels(t, seg, keep[i], boundary_color)
         if boxes is not None and len(boxes[i]):
             t = draw_boxes(t, [[v * s for v in b[:4]] for b in boxes[i]], thickness=thick)
         tiles.append(label_tile(t, titles[i]))
@@ -253,41 +266,3 @@ def mark_superpixels(image: np.ndarray, segments: np.ndarray, keep: Optional[Seq
         return image.copy()
     rgb = mark_boundaries(image, lab, color=tuple(c / 255.0 for c in color), mode="outer", background_label=0)
     return np.rint(np.clip(rgb, 0.0, 1.0) * 255.0).astype(np.uint8)
-
-
-def superpixel_mosaic(
-    image: np.ndarray,
-    maps: np.ndarray,
-    titles: Sequence[str],
-    segments: np.ndarray,
-    keep: Sequence[Optional[Sequence[int]]],
-    cols: Optional[int] = None,
-    colormap: str = "jet",
-    alpha: float = 0.4,
-    tile: int = 256,
-    with_colorbar: bool = True,
-    order: Optional[Sequence[int]] = None,
-    color=(255, 255, 0),
-) -> np.ndarray:
-    """:func:`mosaic` for LIME: each class tile is the heatmap overlay with the boundaries of that class's
-    superpixels ``keep[k]`` (its top-k positive ones) drawn on it.
-
-    ``segments`` are the superpixels in the frame of ``maps`` and ``image`` (or any other: resized with
-    nearest neighbours, so a label never blends into another).
-    """
-    k = len(maps)
-    if len(titles) != k or len(keep) != k:
-        raise ValueError(f"{len(titles)} titles and {len(keep)} superpixel lists for {k} maps")
-    order = list(range(k)) if order is None else list(order)
-    if cols is None:
-        cols = 5 if k + 1 > 4 else k + 1
-    h, w = image.shape[:2]
-    s = tile / max(h, w)
-    size = (max(1, int(round(w * s))), max(1, int(round(h * s))))
-    base = cv2.resize(image, size, interpolation=cv2.INTER_AREA)
-    seg = superpixel_labels_at(segments, size)
-    tiles = [label_tile(base, "Original")]
-    for i in order:
-        tiles.append(label_tile(mark_superpixels(overlay(base, maps[i], colormap, alpha), seg, keep[i], color), titles[i]))
-    sheet = grid(tiles, cols)
-    return add_colorbar(sheet, colormap) if with_colorbar else sheet

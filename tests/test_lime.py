@@ -1,6 +1,7 @@
 """LIME: pinned to the reference ``lime`` package, through explain and the Explainer, all classes at once."""
 
 import os
+import shutil
 
 import numpy as np
 import paddle
@@ -224,5 +225,94 @@ def test_boundaries_of_the_top_superpixels_are_drawn():
     assert (out[changed] == (255, 255, 0)).all()
     np.testing.assert_array_equal(viz.mark_superpixels(img, seg, keep=[]), img)
     maps = np.random.default_rng(0).uniform(size=(2, 20, 20)).astype(np.float32)
-    sheet = viz.superpixel_mosaic(img, maps, ["a", "b"], seg, [[1], [0, 2]], tile=64)
-    assert sheet.ndim == 3 and sheet.dtype == np.uint8
+    plain = viz.mosaic(img, maps, ["a", "b"], tile=64, with_colorbar=False)
+    sheet = viz.mosaic(img, maps, ["a", "b"], tile=64, with_colorbar=False, segments=seg, keep=[[1], []])
+    assert sheet.shape == plain.shape
+    differ = np.any(sheet != plain, axis=2)
+    # tile "a" (x in [72, 136)) outlines superpixel 1 (its right half); tile "b" keeps nothing: unchanged
+    assert differ[:, 72 + 32:136].any() and not differ[:, 72:72 + 28].any() and not differ[:, 140:].any()
+    assert (sheet[20:][differ[20:]] == (255, 255, 0)).all()  # below the title bar (it blends what it covers)
+    with pytest.raises(ValueError, match="keep"):
+        viz.mosaic(img, maps, ["a", "b"], segments=seg)
+
+
+def test_labels_go_back_to_the_original_by_nearest_neighbour():
+    from chexcam.data.transforms import EvalTransform
+
+    seg = np.arange(16, dtype=np.int64).reshape(4, 4)
+    g = SquareEvalTransform(4, 4, IMAGENET_MEAN, IMAGENET_STD)(np.zeros((8, 12, 3), np.uint8))[1]
+    np.testing.assert_array_equal(g.labels_to_original(seg), np.repeat(np.repeat(seg, 2, 0), 3, 1))
+    # shorter side to 4, centre crop 2: the original's outer columns and rows lie outside the crop (-1)
+    g = EvalTransform(4, 2, IMAGENET_MEAN, IMAGENET_STD)(np.zeros((8, 8, 3), np.uint8))[1]
+    out = g.labels_to_original(np.array([[0, 1], [2, 3]]))
+    want = np.full((8, 8), -1)
+    want[2:4, 2:4], want[2:4, 4:6], want[4:6, 2:4], want[4:6, 4:6] = 0, 1, 2, 3
+    np.testing.assert_array_equal(out, want)
+    with pytest.raises(ValueError, match="network input"):
+        g.labels_to_original(seg)
+
+
+def test_infer_cam_with_lime_outlines_the_top_superpixels(tmp_path):
+    """``cam.method: lime`` through the per-image tool: each record lists its class's top superpixels (those of
+    a direct Explainer call with the ``lime`` section's options), the npz carries the superpixels in the
+    original's pixels, and the mosaic's class tile outlines them (``lime.top=0``: the same mosaic, no outline)."""
+    import json
+
+    import cv2
+
+    from chexcam.data.transforms import eval_transform
+    from chexcam.engine import infer
+
+    files = sorted(f for f in os.listdir(CELLS) if f.endswith(".png"))[:2]
+    inp = tmp_path / "in"
+    inp.mkdir()
+    for f in files:
+        shutil.copy(os.path.join(CELLS, f), inp / f)
+    malaria = os.path.join(ROOT, "configs", "malaria.yaml")
+    common = ["model.name=densenet_tiny", "model.allow_random=true", "device=cpu", "data.resize=48", "data.crop=48",
+              "infer.tile=96", f"infer.input={inp}", "cam.method=lime", "lime.num_samples=60", "lime.n_segments=20",
+              "infer.save_npz=true", "infer.draw_boxes=none", "infer.colorbar=false"]
+    runs = {}
+    for top in (3, 0):
+        cfg = chexcam.load_config(malaria, common + [f"lime.top={top}", f"output_dir={tmp_path / f'top{top}'}"])
+        paddle.seed(0)
+        runs[top] = (cfg, infer.run(cfg, workers=0))
+        assert runs[top][1]["images"] == 2
+    cfg, summary = runs[3]
+    paddle.seed(0)
+    model = infer.load_model(cfg)
+    ex = infer.explainer_from_config(cfg, model)
+    assert ex.method == "lime" and ex.options["n_segments"] == 20 and ex.options["num_samples"] == 60
+    outlines = 0
+    for f in files:
+        stem = os.path.splitext(f)[0]
+        x, g = eval_transform(cfg)(read_image(str(inp / f)))
+        res = ex(x[None], normalize=False, upsample=False)
+        rec = json.load(open(os.path.join(summary["output_dir"], f"{stem}.json")))
+        top = [int(v) for v in res.top_superpixels(0, 0, 3)]
+        assert rec["classes"]["Parasitized"]["top_superpixels"] == top
+        outlines += len(top)
+        assert rec["superpixels"] == int(res.segments[0].max()) + 1
+        npz = np.load(os.path.join(summary["output_dir"], f"{stem}_maps.npz"))
+        np.testing.assert_array_equal(npz["segments"], g.labels_to_original(res.segments[0]))
+        outlined = cv2.imread(os.path.join(summary["output_dir"], f"{stem}_cam.png"))[..., ::-1]
+        plain = cv2.imread(os.path.join(runs[0][1]["output_dir"], f"{stem}_cam.png"))[..., ::-1]
+        differ = np.any(outlined != plain, axis=2)
+        if not top:  # random weights: no superpixel of this cell raises the probability, nothing is outlined
+            assert not differ.any()
+            continue
+        assert differ[:, :96].sum() == 0 and differ[:, 100:].sum() > 20  # the class tile only, not the original
+        below = differ.copy()
+        below[:22] = False  # under the title bar the outline is blended
+        assert below.any() and (outlined[below] == (255, 255, 0)).all()
+    assert outlines >= 1
+
+
+def test_lime_section_is_checked():
+    malaria = os.path.join(ROOT, "configs", "malaria.yaml")
+    for bad, msg in (("lime.num_samples=0", "lime.num_samples"), ("lime.kernel_width=0", "lime.kernel_width"),
+                     ("lime.segmentation=felzenszwalb", "lime.segmentation"), ("lime.num_sample=5", "num_samples")):
+        with pytest.raises(chexcam.ChexcamError, match=msg):
+            chexcam.load_config(malaria, [bad])
+    with pytest.raises(chexcam.ChexcamError, match="ten_crop"):
+        chexcam.load_config(os.path.join(ROOT, "configs", "chestxray14.yaml"), ["cam.method=lime", "infer.ten_crop=true"])

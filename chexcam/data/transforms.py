@@ -66,6 +66,20 @@ class Geometry:
         return out.reshape(*lead, self.orig_h, self.orig_w)
 
 
+    def labels_to_original(self, labels: np.ndarray, fill: int = -1) -> np.ndarray:
+        """An integer ``[out_h, out_w]`` label image (LIME's superpixels) -> ``int32 [orig_h, orig_w]`` by
+        nearest neighbour: each original pixel takes the label of the input pixel its centre falls in
+        (labels never blend), ``fill`` where its centre lies outside the crop."""
+        labels = np.asarray(labels)
+        if labels.shape != (self.out_h, self.out_w):
+            raise ValueError(f"labels {list(labels.shape)} are not at the network input {[self.out_h, self.out_w]}")
+        u = np.floor((np.arange(self.orig_w) + 0.5) * self.sx - self.x0).astype(np.int64)
+        v = np.floor((np.arange(self.orig_h) + 0.5) * self.sy - self.y0).astype(np.int64)
+        ok_u, ok_v = (u >= 0) & (u < self.out_w), (v >= 0) & (v < self.out_h)
+        out = labels.astype(np.int32)[np.clip(v, 0, self.out_h - 1)[:, None], np.clip(u, 0, self.out_w - 1)[None, :]]
+        out[~(ok_v[:, None] & ok_u[None, :])] = fill
+        return out
+
     def maps_to_original(self, maps: np.ndarray, interp: str = "linear") -> np.ndarray:
         """``[K, h, w]`` maps of this crop (any resolution) -> ``[K, orig_h, orig_w]``, NaN exactly where no
         crop pixel lies.

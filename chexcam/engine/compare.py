@@ -35,6 +35,7 @@ from tqdm import tqdm
 
 from .. import viz
 from ..boxes import boxes_for_maps, peak_point
+from ..cam import LimeResult
 from ..config import Config, save_config
 from ..data import build_split
 from ..data.io import read_image
@@ -45,7 +46,7 @@ from ..metrics import stain as S
 from ..metrics.localization import LocalizationTally, read_bbox_csv
 from ..postprocess import postprocess
 from ..serving import Explainer
-from .infer import load_model
+from .infer import lime_config, load_model
 from .localization import _find_bbox_csv
 
 logger = logging.getLogger(__name__)
@@ -154,10 +155,10 @@ def compare_methods(cfg: Config, methods: Sequence[str] = METHODS, split: Option
     kw = dict(engine=cfg.infer.engine, precision=cfg.export.precision, threads=cfg.export.cpu_threads,
               mkldnn=cfg.export.mkldnn, device="gpu" if cfg.device == "gpu" else None)
     judge = Explainer(model, method="cam", **kw) if "cam" not in methods or cfg.cam.layer else None
-    lime_options = _lime_options(cfg, lime_options)
+    lime_opts = lime_config(cfg, lime_options)
     explainers = {}
     for m in methods:
-        opts = dict(mean=tuple(cfg.data.mean), std=tuple(cfg.data.std), **lime_options) if m == "lime" else {}
+        opts = lime_opts if m == "lime" else {}
         explainers[m] = Explainer(model, method=m, layer=None if m == "lime" else cfg.cam.layer, **kw, **opts)
         logger.info("%s on the %s engine", m, explainers[m].engine)
     predict = (judge or explainers["cam"]).predict
@@ -193,7 +194,7 @@ def compare_methods(cfg: Config, methods: Sequence[str] = METHODS, split: Option
             _score_chunk(cfg, tally, predict, chunk, probs, maps, stains, gt, tol)
             for j, g in enumerate(shown):
                 k = g["case"].classes[0]
-                keep = result.top_superpixels(j, k, 5) if hasattr(result, "top_superpixels") else None
+                keep = result.top_superpixels(j, k, cfg.lime.top) if isinstance(result, LimeResult) else None
                 g["maps"][m] = (maps[j, k], probs[j, k], None if keep is None else (result.segments[j], keep))
         gallery.extend(shown)
     bar.close()
@@ -202,7 +203,8 @@ def compare_methods(cfg: Config, methods: Sequence[str] = METHODS, split: Option
         results["centre (baseline)"] = {"stain_n": centre_n, **{f"stain_within_{t:g}px": _div(centre[t], centre_n)
                                                               for t in tol}}
     engines = {m: ex.engine for m, ex in explainers.items()}
-    report = _report(cfg, split, n_images, n_cases, results, engines, tol, gt is not None, malaria, lime_options)
+    shown_opts = {k: v for k, v in lime_opts.items() if k not in ("mean", "std")} if "lime" in methods else {}
+    report = _report(cfg, split, n_images, n_cases, results, engines, tol, gt is not None, malaria, shown_opts)
     outdir = os.path.join(cfg.output_dir, "compare")
     os.makedirs(outdir, exist_ok=True)
     save_config(cfg, os.path.join(outdir, "config.yaml"))
@@ -213,7 +215,7 @@ def compare_methods(cfg: Config, methods: Sequence[str] = METHODS, split: Option
     examples = draw_examples(gallery, labels, list(methods), os.path.join(outdir, "examples.png"),
                              cfg.infer.colormap, cfg.infer.alpha)
     summary = {"split": split, "images": n_images, "cases": n_cases, "weights": cfg.model.weights,
-               "engines": engines, "methods": results, "lime_options": lime_options or {},
+               "engines": engines, "methods": results, "lime_options": shown_opts,
                "curves": {m: {"deletion": c[0].tolist(), "insertion": c[1].tolist()} for m, c in curves.items()},
                "output_dir": os.path.abspath(outdir), "figure": figure, "examples": examples}
     with open(os.path.join(outdir, "results.json"), "w", encoding="utf-8") as fh:
@@ -259,13 +261,6 @@ def _score_chunk(cfg, tally: _Tally, predict, chunk: Sequence[Case], probs, maps
                 for finding, b in wanted:
                     k = labels.index(finding)
                     tally.boxes.add(finding, b, boxes[k], peaks[k])
-
-
-def _lime_options(cfg: Config, overrides: Optional[dict]) -> dict:
-    """LIME's options: a ``lime`` config section where the schema has one, then ``overrides`` (``--lime``)."""
-    section = getattr(cfg, "lime", None)
-    base = dataclasses.asdict(section) if dataclasses.is_dataclass(section) else {}
-    return {**base, **(overrides or {})}
 
 
 def _div(a, n) -> float:

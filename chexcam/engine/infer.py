@@ -37,6 +37,7 @@ from tqdm import tqdm
 
 from .. import viz
 from ..boxes import boxes_for_maps, search_grid
+from ..cam import LimeResult
 from ..config import Config, save_config
 from ..data import build_split
 from ..data.io import list_images, read_image, read_list
@@ -66,15 +67,19 @@ class Explained:
     ``probs [K]``; ``boxes[k]`` ``[n, 4]`` (x1, y1, x2, y2) with ``scores[k]``; ``peaks[k]`` the ``(x, y)`` of
     map ``k``'s maximum; ``size`` the original ``(H, W)``. ``maps [K, H, W]`` (normalized per
     ``cam.normalize``, NaN where no crop saw the image) is computed from the raw maps on first use and kept;
-    :meth:`maps_at` gives them at another size without making the full-size ones.
+    :meth:`maps_at` gives them at another size without making the full-size ones. LIME adds ``segments``
+    (its superpixels at network input, in the frame of ``geos[0]``; :meth:`segments_at` maps them back) and
+    ``keep[k]``, class ``k``'s top ``lime.top`` positive superpixels (strongest first).
     """
 
     def __init__(self, item: Item, image: Optional[np.ndarray], probs: np.ndarray, maps: Optional[np.ndarray] = None,
                  boxes: Sequence[np.ndarray] = (), scores: Sequence[np.ndarray] = (),
                  peaks: Sequence[Tuple[float, float]] = (), *, raw: Optional[np.ndarray] = None,
                  geos: Optional[Sequence[Geometry]] = None, interp: str = "linear", normalize: str = "minmax",
-                 size: Optional[Tuple[int, int]] = None, tile_image: Optional[np.ndarray] = None):
+                 size: Optional[Tuple[int, int]] = None, tile_image: Optional[np.ndarray] = None,
+                 segments: Optional[np.ndarray] = None, keep: Optional[Sequence[np.ndarray]] = None):
         self.item, self.image, self.probs = item, image, probs
+        self.segments, self.keep = segments, None if keep is None else list(keep)
         self.boxes, self.scores, self.peaks = list(boxes), list(scores), list(peaks)
         self.raw, self.geos, self.interp, self.normalize = raw, geos, interp, normalize
         self.tile_image = tile_image  # the image already shrunk to mosaic tile size (workers send this, not the image)
@@ -94,6 +99,11 @@ class Explained:
         if self.raw is None:  # built from saved full-size maps
             return np.stack([viz.resize_map(m, (w, h)) for m in self.maps])
         return frame_maps(self.raw, self.geos, h, w, self.interp, self.normalize)
+
+    def segments_at(self, h: int, w: int) -> Optional[np.ndarray]:
+        """LIME's superpixels in the original frame resized to ``h x w`` (nearest neighbour, -1 outside the
+        crop), or ``None`` for the other methods."""
+        return None if self.segments is None else self.geos[0].resized(h, w).labels_to_original(self.segments)
 
 
 def frame_maps(raw: np.ndarray, geos: Sequence[Geometry], h: int, w: int, interp: str, normalize: str) -> np.ndarray:
@@ -154,6 +164,14 @@ def load_model(cfg: Config):
     return build_model(cfg)
 
 
+def lime_config(cfg: Config, overrides: Optional[dict] = None) -> dict:
+    """LIME's options (:data:`chexcam.cam.lime.DEFAULTS`) from the ``lime`` section, then ``overrides``
+    (``compare_methods.py --lime``), with the input normalization of ``data.mean``/``data.std`` (superpixels
+    are cut from the RGB image). ``lime.top`` is a drawing setting, not LIME's."""
+    section = {k: v for k, v in dataclasses.asdict(cfg.lime).items() if k != "top"}
+    return {**section, "mean": tuple(cfg.data.mean), "std": tuple(cfg.data.std), **(overrides or {})}
+
+
 def explainer_from_config(cfg: Config, model, method: Optional[str] = None) -> Explainer:
     """The run's :class:`chexcam.Explainer`: ``cam.method``/``cam.layer`` (or ``method`` with the model's own
     layer) on ``infer.engine``, with the ``export`` section's predictor settings (threads, oneDNN, precision,
@@ -165,9 +183,11 @@ def explainer_from_config(cfg: Config, model, method: Optional[str] = None) -> E
     if not threads and world > 1 and device is None:
         threads = max(1, cpu_count() // world)
     layer = cfg.cam.layer if method is None else None
-    ex = Explainer(model, method=method or cfg.cam.method, engine=cfg.infer.engine, precision=cfg.export.precision,
-                   layer=layer, device=device, threads=threads, mkldnn=cfg.export.mkldnn,
-                   tensorrt=cfg.export.tensorrt)
+    method = method or cfg.cam.method
+    options = lime_config(cfg) if method == "lime" else {}
+    ex = Explainer(model, method=method, engine=cfg.infer.engine, precision=cfg.export.precision,
+                   layer=None if method == "lime" else layer, device=device, threads=threads,
+                   mkldnn=cfg.export.mkldnn, tensorrt=cfg.export.tensorrt, **options)
     logger.info("explaining with %s on the %s engine (%s)", ex.method, ex.engine, ex.precision)
     return ex
 
@@ -215,6 +235,8 @@ class _Job:
     size: Tuple[int, int]
     tile_image: Optional[Stored]
     image: Optional[np.ndarray] = None  # explain_images only; stays in the parent
+    segments: Optional[np.ndarray] = None  # LIME: int32 [crop, crop] superpixels
+    keep: Optional[List[np.ndarray]] = None  # LIME: per class, its top lime.top positive superpixels
 
 
 def _tile_size(size: Tuple[int, int], tile: int) -> Tuple[int, int]:
@@ -262,7 +284,8 @@ def _finish(ctx: _Context, job: _Job, shelf: Shelf):
         return boxes, scores, peaks
     tile = None if job.tile_image is None else shelf.get(job.tile_image)
     res = Explained(job.item, None, job.probs, None, boxes, scores, peaks, raw=job.raw, geos=job.geos,
-                    interp=interp, normalize=cfg.cam.normalize, size=job.size, tile_image=tile)
+                    interp=interp, normalize=cfg.cam.normalize, size=job.size, tile_image=tile,
+                    segments=job.segments, keep=job.keep)
     write_outputs(cfg, res, ctx.outdir, job.stem)
     return job.stem
 
@@ -276,11 +299,15 @@ def _batches(cfg: Config, explainer, loaded: Iterable, stages: Stages,
     def run(batch: List[_Loaded]) -> Iterator[_Job]:
         xs = [stages.shelf(b.slot).get(b.x) for b in batch]
         x = np.concatenate(xs) if len(xs) > 1 else np.array(xs[0])  # copies out of the slots
-        probs, raw = explainer(x, normalize=False, upsample=False, relu=cfg.cam.relu)
+        result = explainer(x, normalize=False, upsample=False, relu=cfg.cam.relu)
+        probs, raw = result
+        lime = isinstance(result, LimeResult)  # one view per image (config.validate refuses ten crops)
         for j, b in enumerate(batch):
             p = probs[j * per:(j + 1) * per].mean(axis=0)
+            seg = result.segments[j].astype(np.int32) if lime else None
+            keep = [result.top_superpixels(j, k, cfg.lime.top) for k in range(len(p))] if lime else None
             yield _Job(b.item, b.stem, b.slot, p, np.ascontiguousarray(raw[j * per:(j + 1) * per]), b.geos, b.size,
-                       b.tile_image, None if b.image is None else b.image.array)
+                       b.tile_image, None if b.image is None else b.image.array, seg, keep)
 
     for r in loaded:
         if isinstance(r, _Bad):
@@ -366,7 +393,8 @@ def explain_images(cfg: Config, explainer, items: Sequence[Item], on_bad: Option
             for job, (boxes, scores, peaks) in _stream(cfg, explainer, [(None, it) for it in items], stages,
                                                        _bad_policy(cfg, on_bad, on_bad is None), bar):
                 yield Explained(job.item, job.image, job.probs, None, boxes, scores, peaks, raw=job.raw,
-                                geos=job.geos, interp=interp, normalize=cfg.cam.normalize, size=job.size)
+                                geos=job.geos, interp=interp, normalize=cfg.cam.normalize, size=job.size,
+                                segments=job.segments, keep=job.keep)
     finally:
         bar.close()
 
@@ -406,6 +434,10 @@ def record_of(cfg: Config, res: Explained) -> dict:
             "box_scores": [round(float(s), 4) for s in res.scores[k]],
             "peak": [round(float(v), 1) for v in res.peaks[k]],
         }
+        if res.keep is not None:  # LIME: the superpixels outlined on the class's tile (labels of segments)
+            rec["classes"][name]["top_superpixels"] = [int(v) for v in res.keep[k]]
+    if res.segments is not None:
+        rec["superpixels"] = int(res.segments.max()) + 1
     return rec
 
 
@@ -444,8 +476,10 @@ def mosaic_of(cfg: Config, res: Explained) -> np.ndarray:
     if draw != "none":
         boxes = [np.asarray(b, dtype=np.float64).reshape(-1, 4) * s if draw == "all" or p >= cfg.infer.threshold
                  else [] for b, p in zip(res.boxes, res.probs)]
+    seg = res.segments_at(th, tw)  # LIME: each class tile outlines its top superpixels
     return viz.mosaic(base, res.maps_at(th, tw), titles, colormap=cfg.infer.colormap, alpha=cfg.infer.alpha,
-                      tile=cfg.infer.tile, boxes=boxes, with_colorbar=cfg.infer.colorbar, order=order)
+                      tile=cfg.infer.tile, boxes=boxes, with_colorbar=cfg.infer.colorbar, order=order,
+                      segments=seg, keep=None if seg is None else res.keep)
 
 
 def write_outputs(cfg: Config, res: Explained, outdir: str, stem: str) -> None:
@@ -458,8 +492,9 @@ def write_outputs(cfg: Config, res: Explained, outdir: str, stem: str) -> None:
         _write_png(os.path.join(outdir, f"{stem}_cam.png"), mosaic_of(cfg, res), cfg.infer.png_compression)
     if cfg.infer.save_npz:
         with atomic_path(os.path.join(outdir, f"{stem}_maps.npz")) as tmp, open(tmp, "wb") as fh:
+            extra = {} if res.segments is None else {"segments": res.segments_at(*res.size)}
             np.savez_compressed(fh, maps=res.maps.astype(np.float16), probs=res.probs.astype(np.float32),
-                                labels=np.array(labels))
+                                labels=np.array(labels), **extra)
 
 
 def run(cfg: Config, workers: Optional[int] = None) -> dict:
