@@ -69,7 +69,9 @@ case "$what" in
     echo "  $(cd "$out/cam" && pwd)/index.html"
     ;;
   test)
-    exec "$py" -m pytest -q "$@"
+    # two worker processes (pytest-xdist): most tests wait on a child process, an export or a file, so two
+    # share 2 cores well; -n 0 runs them in this one process
+    exec "$py" -m pytest -q -n 2 "$@"
     ;;
   *)
     echo "usage: bash quickstart.sh demo|test [extra args]" >&2

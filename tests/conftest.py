@@ -22,15 +22,6 @@ def shared_path(*parts):
     return path
 
 
-@pytest.fixture(scope="session", autouse=True)
-def _graph_cache(tmp_path_factory):
-    """Exported graphs of the fast CAM path go to a temporary folder, never the user's ~/.cache."""
-    mp = pytest.MonkeyPatch()
-    mp.setenv("CHEXCAM_CACHE_DIR", str(tmp_path_factory.mktemp("chexcam-cache")))
-    yield
-    mp.undo()
-
-
 @pytest.fixture
 def rng():
     return np.random.default_rng(0)

@@ -175,9 +175,10 @@ def _predict_streaming(model, explainer, dataset: ImageDataset, batch_size: int,
             for path, reason in q["bad"].items():
                 skipped.setdefault(path, reason)
     slowest = max(q["seconds"] for q in parts)
-    rate = sum(q["steady"] or 0.0 for q in parts)
-    logger.info("predicted %d images in %.1f s (%.2f images/s in steady state, %s engine, %d worker "
-                "processes, %d rank(s))", len(out["indices"]), slowest, rate, explainer.engine, stages.processes, world)
+    rates = [q["steady"] for q in parts if q["steady"]]
+    speed = f"{sum(rates):.2f} images/s in steady state" if rates else "too few batches for a steady-state rate"
+    logger.info("predicted %d images in %.1f s (%s, %s engine, %d worker processes, %d rank(s))",
+                len(out["indices"]), slowest, speed, explainer.engine, stages.processes, world)
     return out
 
 

@@ -562,9 +562,10 @@ def run(cfg: Config, workers: Optional[int] = None) -> dict:
     if total == 0:
         raise ChexcamError(f"no image explained: all {len(items)} inputs were bad"
                            + (f" (first: {skipped[0]})" if skipped else ""))
-    logger.info("wrote %d JSON records%s to %s (%d skipped) in %.1f s (%.2f images/s in steady state)", total,
+    rate = summary["images_per_s"]
+    logger.info("wrote %d JSON records%s to %s (%d skipped) in %.1f s (%s)", total,
                 " and mosaics" if cfg.infer.mosaic else "", summary["output_dir"], len(skipped), slowest,
-                summary["images_per_s"] or 0.0)
+                f"{rate:.2f} images/s in steady state" if rate else "too few batches for a steady-state rate")
     return summary
 
 

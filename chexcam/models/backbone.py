@@ -2,8 +2,8 @@
 
 The parameter names are paddle.vision's own, so its checkpoints and converted CheXNet weights load
 directly. ``output_stride`` trades map resolution for compute without adding parameters: the average
-pooling of the last (16) or last two (8) transition layers is replaced by an identity, so a 224 px
-input gives 14x14 or 28x28 feature maps instead of 7x7, and the same weights still load.
+pooling of the last (16), last two (8) or all three (4) transition layers is replaced by an identity, so a
+224 px input gives 14x14, 28x28 or 56x56 feature maps instead of 7x7, and the same weights still load.
 """
 
 from __future__ import annotations
@@ -13,6 +13,8 @@ from paddle import nn
 from paddle.vision.models import DenseNet
 
 _DEPTHS = (121, 161, 169, 201, 264)
+#: output stride -> how many of the three transition poolings (from the last) become identities
+POOLINGS_REMOVED = {32: 0, 16: 1, 8: 2, 4: 3}
 
 
 class DenseNetFeatures(DenseNet):
@@ -25,15 +27,14 @@ class DenseNetFeatures(DenseNet):
     def __init__(self, depth: int = 121, output_stride: int = 32, dropout: float = 0.0):
         if depth not in _DEPTHS:
             raise ValueError(f"DenseNet depth must be one of {_DEPTHS}, got {depth}")
-        if output_stride not in (8, 16, 32):
-            raise ValueError(f"output_stride must be 8, 16 or 32, got {output_stride}")
+        if output_stride not in POOLINGS_REMOVED:
+            raise ValueError(f"output_stride must be 4, 8, 16 or 32, got {output_stride}")
         super().__init__(layers=depth, dropout=dropout, num_classes=0, with_pool=False)
         self.depth = depth
         self.output_stride = output_stride
         self.num_features = self.batch_norm._num_channels if hasattr(self.batch_norm, "_num_channels") \
             else int(self.batch_norm.weight.shape[0])
-        n_drop = {32: 0, 16: 1, 8: 2}[output_stride]
-        for tr in self.transition_func_list[len(self.transition_func_list) - n_drop:]:
+        for tr in self.transition_func_list[len(self.transition_func_list) - POOLINGS_REMOVED[output_stride]:]:
             tr.pool2d_avg = nn.Identity()
 
     def forward(self, x: paddle.Tensor) -> paddle.Tensor:

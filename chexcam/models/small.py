@@ -4,7 +4,7 @@ DenseNet121 from random initialisation needs far more than the 300 bundled malar
 than a few CPU minutes; a four-block DenseNet with a few layers per block learns the stain texture of a
 parasite in about a minute on two cores. It keeps the contract of the CheXNet models exactly: the same
 :class:`~chexcam.models.classifier.GapLinearClassifier` head, ``cam_layer = "backbone.batch_norm"``
-(BatchNorm with a fused ReLU, non-negative maps), ``output_stride`` 8/16/32 by replacing the last
+(BatchNorm with a fused ReLU, non-negative maps), ``output_stride`` 4/8/16/32 by replacing the last
 transition poolings with identities, so CAM, Grad-CAM and training see no difference.
 """
 
@@ -17,21 +17,22 @@ from paddle import nn
 from paddle.vision.models.densenet import ConvBNLayer, DenseBlock, TransitionLayer
 
 from ..registry import register_model
+from .backbone import POOLINGS_REMOVED
 from .classifier import GapLinearClassifier
 
 
 class SmallDenseNetFeatures(nn.Layer):
     """Stem (3x3 conv stride 2 + 3x3 max-pool stride 2), four dense blocks, three transitions, BN+ReLU.
 
-    The native output stride is 32 like DenseNet121; ``output_stride`` 16 or 8 removes the pooling of
-    the last one or two transitions.
+    The native output stride is 32 like DenseNet121; ``output_stride`` 16, 8 or 4 removes the pooling of
+    the last one, two or all three transitions (4: the stem's stride alone, 24x24 maps at 96 px).
     """
 
     def __init__(self, block_config: Sequence[int] = (2, 3, 4, 3), growth_rate: int = 12,
                  init_features: int = 24, bn_size: int = 4, output_stride: int = 32, dropout: float = 0.0):
         super().__init__()
-        if output_stride not in (8, 16, 32):
-            raise ValueError(f"output_stride must be 8, 16 or 32, got {output_stride}")
+        if output_stride not in POOLINGS_REMOVED:
+            raise ValueError(f"output_stride must be 4, 8, 16 or 32, got {output_stride}")
         if len(block_config) != 4:
             raise ValueError(f"block_config needs 4 blocks, got {list(block_config)}")
         self.output_stride = output_stride
@@ -50,8 +51,7 @@ class SmallDenseNetFeatures(nn.Layer):
                 ch //= 2
         self.batch_norm = nn.BatchNorm(ch, act="relu")
         self.num_features = ch
-        n_drop = {32: 0, 16: 1, 8: 2}[output_stride]
-        for tr in self.transition_func_list[len(self.transition_func_list) - n_drop:]:
+        for tr in self.transition_func_list[len(self.transition_func_list) - POOLINGS_REMOVED[output_stride]:]:
             tr.pool2d_avg = nn.Identity()
 
     def forward(self, x: paddle.Tensor) -> paddle.Tensor:
