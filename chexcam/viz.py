@@ -184,10 +184,14 @@ def fit_tile(image: np.ndarray, tile: int, fill: int = 255) -> np.ndarray:
 
 
 def cell_tiles(image: np.ndarray, m: np.ndarray, boxes: Sequence[Sequence[float]], tile: int = 128,
-               colormap: str = "jet", alpha: float = 0.4) -> List[np.ndarray]:
+               colormap: str = "jet", alpha: float = 0.4, segments: Optional[np.ndarray] = None,
+               keep: Optional[Sequence[int]] = None) -> List[np.ndarray]:
     """The malaria article's three panels for one image and class: heatmap overlay, and the original
-    with the class's boxes (the original itself is the row's first tile)."""
+    with the class's boxes (the original itself is the row's first tile). LIME: ``segments`` (superpixel
+    labels in the image's frame) and ``keep`` outline the class's top superpixels on the heatmap."""
     heat = overlay(image, m, colormap, alpha)
+    if segments is not None:
+        heat = mark_superpixels(heat, segments, keep)
     thick = max(1, int(round(max(image.shape[:2]) / tile)))
     boxed = draw_boxes(image, boxes, color=(0, 255, 0), thickness=thick)
     return [fit_tile(heat, tile), fit_tile(boxed, tile)]

@@ -234,6 +234,12 @@ def test_boundaries_of_the_top_superpixels_are_drawn():
     assert (sheet[20:][differ[20:]] == (255, 255, 0)).all()  # below the title bar (it blends what it covers)
     with pytest.raises(ValueError, match="keep"):
         viz.mosaic(img, maps, ["a", "b"], segments=seg)
+    # contact sheets (render_mosaic.py): the heatmap tile outlines, the boxes tile does not
+    heat, boxed = viz.cell_tiles(img, maps[0], [], 40, segments=seg, keep=[1])
+    heat0, boxed0 = viz.cell_tiles(img, maps[0], [], 40)
+    np.testing.assert_array_equal(boxed, boxed0)
+    changed = np.any(heat != heat0, axis=2)
+    assert changed[:, 20:].any() and not changed[:, :16].any() and (heat[changed] == (255, 255, 0)).all()
 
 
 def test_labels_go_back_to_the_original_by_nearest_neighbour():

@@ -96,8 +96,10 @@ def render_sheet(cfg: Config, classes: Optional[Sequence[str]] = None, limit: in
                 raise ChexcamError(f"truth={truth} needs saved records of a split input (no 'target' in them)")
             continue
         row = [viz.fit_tile(res.image, tile)]
+        seg = res.segments_at(*res.size)  # LIME: the class's top superpixels outlined on its heatmap
         for k in idx:
-            row += viz.cell_tiles(res.image, res.maps[k], res.boxes[k], tile, cfg.infer.colormap, cfg.infer.alpha)
+            row += viz.cell_tiles(res.image, res.maps[k], res.boxes[k], tile, cfg.infer.colormap, cfg.infer.alpha,
+                                  segments=seg, keep=None if seg is None else res.keep[k])
         rows.append(row)
         stem = os.path.splitext(os.path.basename(res.item.path))[0]
         titles.append(f"{stem[-12:]} {100 * res.probs[idx[0]]:.0f}%")
