@@ -31,7 +31,7 @@ MAX_SEED = 2**32 - 1
 class ModelConfig:
     name: str = "chexnet_densenet121"
     num_classes: int = 14
-    output_stride: Literal[8, 16, 32] = 32
+    output_stride: Literal[4, 8, 16, 32] = 32
     weights: Optional[str] = None
     allow_random: bool = False
     dropout: float = 0.0

@@ -73,7 +73,7 @@ def test_unknown_key_in_file(tmp_path):
 @pytest.mark.parametrize("override,pattern", [
     ("train.epochs=abc", r"train\.epochs.*integer"),
     ("train.amp=3", r"train\.amp.*true/false"),
-    ("model.output_stride=12", r"output_stride.*8, 16, 32"),
+    ("model.output_stride=12", r"output_stride.*4, 8, 16, 32"),
     ("data.labels=Atelectasis", r"data\.labels.*list"),
     ("train=3", r"train.*section"),
     ("train.epochs.x=1", r"train\.epochs.*not a section"),
