@@ -50,10 +50,12 @@ def outside(image: np.ndarray, grey: int = 160, keep: float = 0.45) -> np.ndarra
     return np.rint(image.astype(np.float32) * keep + grey * (1.0 - keep)).astype(np.uint8)
 
 
-def overlay(image: np.ndarray, m: np.ndarray, colormap: str = "jet", alpha: float = 0.4) -> np.ndarray:
+def overlay(image: np.ndarray, m: np.ndarray, colormap: str = "jet", alpha: float = 0.4,
+            faded: Optional[np.ndarray] = None) -> np.ndarray:
     """Blend a heatmap over an RGB uint8 image (the map is resized to the image when needed).
 
-    NaN pixels of the map (outside the network's crop) show the image faded to grey (:func:`outside`).
+    NaN pixels of the map (outside the network's crop) show the image faded to grey (:func:`outside`;
+    ``faded`` is ``outside(image)`` made once by a caller that draws many maps on one image).
     """
     if not 0.0 <= float(alpha) <= 1.0:
         raise ValueError(f"alpha must be in [0, 1], got {alpha}")
@@ -63,7 +65,7 @@ def overlay(image: np.ndarray, m: np.ndarray, colormap: str = "jet", alpha: floa
     out = cv2.addWeighted(heat, float(alpha), image, 1.0 - float(alpha), 0.0)
     nan = ~np.isfinite(m)
     if nan.any():
-        out[nan] = outside(image)[nan]
+        np.copyto(out, outside(image) if faded is None else faded, where=nan[..., None])
     return out
 
 
@@ -152,8 +154,9 @@ def mosaic(
     tiles = [label_tile(base, "Original")]
     thick = max(1, tile // 128)
     seg = None if segments is None else superpixel_labels_at(segments, size)
+    faded = outside(base)
     for i in order:
-        t = overlay(base, maps[i], colormap, alpha)
+        t = overlay(base, maps[i], colormap, alpha, faded)
         if seg is not None:
             t = mark_superpixels(t, seg, keep[i], boundary_color)
         if boxes is not None and len(boxes[i]):
