@@ -29,6 +29,17 @@ def did_you_mean(name: str, choices: Iterable[str], cutoff: float = 0.6) -> str:
     return f"; did you mean '{close[0]}'?" if close else ""
 
 
+def nan_to_null(obj):
+    """NaN floats in nested dicts/lists -> ``None``, so ``json.dump`` writes strict JSON (``null``, not ``NaN``)."""
+    if isinstance(obj, dict):
+        return {k: nan_to_null(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [nan_to_null(v) for v in obj]
+    if isinstance(obj, float) and obj != obj:
+        return None
+    return obj
+
+
 def has_gpu() -> bool:
     """Whether paddle was built with CUDA and sees a GPU."""
     import paddle

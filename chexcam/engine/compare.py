@@ -46,6 +46,7 @@ from ..metrics import stain as S
 from ..metrics.localization import LocalizationTally, read_bbox_csv
 from ..postprocess import postprocess
 from ..serving import Explainer
+from ..utils import nan_to_null
 from .infer import lime_config, load_model
 from .localization import _find_bbox_csv
 
@@ -219,7 +220,7 @@ def compare_methods(cfg: Config, methods: Sequence[str] = METHODS, split: Option
                "curves": {m: {"deletion": c[0].tolist(), "insertion": c[1].tolist()} for m, c in curves.items()},
                "output_dir": os.path.abspath(outdir), "figure": figure, "examples": examples}
     with open(os.path.join(outdir, "results.json"), "w", encoding="utf-8") as fh:
-        json.dump(_no_nan(summary), fh, indent=1)
+        json.dump(nan_to_null(summary), fh, indent=1)
     summary["report"] = report
     return summary
 
@@ -390,16 +391,6 @@ def plot_curves(curves: Dict[str, tuple], path: str) -> Optional[str]:
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
-
-
-def _no_nan(obj):
-    if isinstance(obj, dict):
-        return {k: _no_nan(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_no_nan(v) for v in obj]
-    if isinstance(obj, float) and obj != obj:
-        return None
-    return obj
 
 
 __all__ = ["METHODS", "compare_methods", "plot_curves"]

@@ -186,7 +186,7 @@ def explainer_from_config(cfg: Config, model, method: Optional[str] = None) -> E
     method = method or cfg.cam.method
     options = lime_config(cfg) if method == "lime" else {}
     ex = Explainer(model, method=method, engine=cfg.infer.engine, precision=cfg.export.precision,
-                   layer=None if method == "lime" else layer, device=device, threads=threads,
+                   layer=layer, device=device, threads=threads,
                    mkldnn=cfg.export.mkldnn, tensorrt=cfg.export.tensorrt, **options)
     logger.info("explaining with %s on the %s engine (%s)", ex.method, ex.engine, ex.precision)
     return ex

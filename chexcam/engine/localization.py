@@ -14,6 +14,7 @@ from ..data import build_split
 from ..data.io import read_list
 from ..errors import ChexcamError, ConfigError, DataError
 from ..metrics.localization import BBOX_FINDINGS, LocalizationTally, read_bbox_csv
+from ..utils import nan_to_null
 from ..weights import checkpoint_config, read_checkpoint
 from .infer import Item, explain_images, explainer_from_config, load_model
 
@@ -118,17 +119,6 @@ def eval_localization(cfg: Config) -> dict:
     summary = {"report": report, "results": results, "pointing": tally.overall_pointing(), "images": len(items),
                "train_overlap": overlap, "warnings": warn_lines, "output_dir": os.path.abspath(outdir)}
     with open(os.path.join(outdir, "results.json"), "w", encoding="utf-8") as fh:
-        json.dump(_no_nan({k: v for k, v in summary.items() if k != "report"}), fh, indent=1)
+        json.dump(nan_to_null({k: v for k, v in summary.items() if k != "report"}), fh, indent=1)
     summary["html"] = viewer.write_localization_html(outdir, shown, "Localization: " + head[0], head[1:-1])
     return summary
-
-
-def _no_nan(obj):
-    """NaN (no boxes of a finding) -> null, so the file is strict JSON."""
-    if isinstance(obj, dict):
-        return {k: _no_nan(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_no_nan(v) for v in obj]
-    if isinstance(obj, float) and obj != obj:
-        return None
-    return obj
