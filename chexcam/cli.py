@@ -20,11 +20,9 @@ import warnings
 from typing import Callable, Optional, Sequence
 
 from .config import load_config
-from .errors import ChexcamError
+from .errors import EXIT_ENVIRONMENT, ChexcamError
 from .utils import setup_logging
 
-#: exit status of a failure of the environment (OSError, undecodable text, out of memory)
-EXIT_ENVIRONMENT = 1
 EXIT_SIGTERM = 128 + signal.SIGTERM
 
 

@@ -3,7 +3,9 @@
 PaddleClas-style command lines (``-c file.yaml -o train.epochs=2``) with nanoGPT-style strictness:
 an unknown key, a wrong type or a malformed override is a :class:`~chexcam.errors.ConfigError`
 whose one-line message names the key, the file and the closest valid key. Override values are parsed
-with ``yaml.safe_load`` (never ``eval``).
+with a safe YAML loader (never ``eval``) that is also strict: a key given twice in one mapping is an error (PyYAML
+would keep the last one without a word), and a document whose aliases expand to more than
+:data:`MAX_YAML_VALUES` values (a "billion laughs" bomb) is refused before anything is built from it.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from typing import Any, Dict, List, Literal, Optional, Sequence
 
 import yaml
 
-from .errors import ConfigError
+from .errors import EXIT_ENVIRONMENT, ConfigError
 from .labels import CHESTXRAY14_LABELS, IMAGENET_MEAN, IMAGENET_STD, LABEL_PRESETS
 from .utils import atomic_path, did_you_mean
 
@@ -25,6 +27,63 @@ from .utils import atomic_path, did_you_mean
 DEFAULT_MAX_PIXELS = 89_478_485
 #: largest ``seed``: numpy seeds are 32-bit
 MAX_SEED = 2**32 - 1
+#: most bootstrap resamples of ``eval.bootstrap`` (10,000 already give a CI's third digit)
+MAX_BOOTSTRAP = 100_000
+#: most values (scalars, lists, mappings) a YAML document may expand to once its aliases are followed
+MAX_YAML_VALUES = 100_000
+
+
+def _expanded_size(node, memo: Dict[int, int], limit: int) -> int:
+    """How many values ``node`` stands for once every alias is expanded (shared nodes counted each time)."""
+    key = id(node)
+    if key in memo:
+        return memo[key]
+    memo[key] = 1  # a recursive alias counts once while it is being measured
+    if isinstance(node, yaml.SequenceNode):
+        children = node.value
+    elif isinstance(node, yaml.MappingNode):
+        children = [n for pair in node.value for n in pair]
+    else:
+        children = []
+    total = 1
+    for child in children:
+        total += _expanded_size(child, memo, limit)
+        if total > limit:
+            break
+    memo[key] = total
+    return total
+
+
+class StrictLoader(yaml.SafeLoader):
+    """``yaml.SafeLoader`` that refuses a key given twice in a mapping and a document expanding to more than
+    :data:`MAX_YAML_VALUES` values; both as a ``ConstructorError`` with the line."""
+
+    def get_single_node(self):
+        node = super().get_single_node()
+        if node is not None and _expanded_size(node, {}, MAX_YAML_VALUES) > MAX_YAML_VALUES:
+            raise yaml.constructor.ConstructorError(
+                None, None, f"its aliases expand to more than {MAX_YAML_VALUES:,} values (a YAML bomb?)",
+                node.start_mark)
+        return node
+
+    def construct_mapping(self, node, deep=False):
+        if isinstance(node, yaml.MappingNode):
+            first: Dict[Any, int] = {}
+            for key_node, _ in node.value:
+                if not isinstance(key_node, yaml.ScalarNode) or key_node.tag == "tag:yaml.org,2002:merge":
+                    continue
+                key = self.construct_object(key_node)
+                if key in first:
+                    raise yaml.constructor.ConstructorError(
+                        None, None, f"duplicate key '{key}' (first given on line {first[key] + 1})",
+                        key_node.start_mark)
+                first[key] = key_node.start_mark.line
+        return super().construct_mapping(node, deep=deep)
+
+
+def yaml_load(stream):
+    """Parse YAML text or a text stream with :class:`StrictLoader`."""
+    return yaml.load(stream, Loader=StrictLoader)  # noqa: S506 - a SafeLoader subclass
 
 
 @dataclass
@@ -341,7 +400,7 @@ def parse_override(text: str, where: str = "-o"):
     if not key or any(not part for part in key.split(".")):
         raise ConfigError(f"malformed override {text!r} ({where}): empty key; expected KEY=VALUE")
     try:
-        value = yaml.safe_load(raw) if raw.strip() else None
+        value = yaml_load(raw) if raw.strip() else None
     except (yaml.YAMLError, ValueError, RecursionError) as exc:  # ValueError: e.g. a date 2024-13-01
         problem = (str(exc).splitlines() or [type(exc).__name__])[0]
         raise ConfigError(f"malformed value in override {text!r} ({where}): {problem}") from None
@@ -365,14 +424,18 @@ def load_config(path: Optional[str] = None, overrides: Sequence[str] = ()) -> Co
             raise ConfigError(f"config file not found: {path}")
         try:
             with open(path, encoding="utf-8") as fh:
-                loaded = yaml.safe_load(fh)
-        except (yaml.YAMLError, ValueError, RecursionError) as exc:  # UnicodeDecodeError is a ValueError
+                loaded = yaml_load(fh)
+        except UnicodeDecodeError as exc:
+            raise ConfigError(f"cannot read config file {path}: not UTF-8 text (byte {exc.start})",
+                              exit_code=EXIT_ENVIRONMENT) from None
+        except (yaml.YAMLError, ValueError, RecursionError) as exc:
             mark = getattr(exc, "problem_mark", None)
             at = f" line {mark.line + 1}" if mark is not None else ""
-            problem = "not UTF-8 text" if isinstance(exc, UnicodeDecodeError) else getattr(exc, "problem", exc)
+            problem = getattr(exc, "problem", None) or exc
             raise ConfigError(f"cannot parse {path}{at}: {problem}") from None
         except OSError as exc:
-            raise ConfigError(f"cannot read config file {path}: {exc.strerror or exc}") from None
+            raise ConfigError(f"cannot read config file {path}: {exc.strerror or exc}",
+                              exit_code=EXIT_ENVIRONMENT) from None
         if loaded is None:
             loaded = {}
         if not isinstance(loaded, dict):
@@ -472,6 +535,11 @@ def validate(cfg: Config, where: str = "config") -> None:
                      ("export.cpu_threads", cfg.export.cpu_threads)):
         if val < 0:
             raise ConfigError(f"key '{key}' in {where} must be >= 0, got {val}")
+    if cfg.data.resize ** 2 > DEFAULT_MAX_PIXELS:  # the shorter side: every resized image is at least resize^2
+        raise ConfigError(f"key 'data.resize' in {where} must be at most {math.isqrt(DEFAULT_MAX_PIXELS):,} (a resized "
+                          f"image has at least resize^2 pixels, at most {DEFAULT_MAX_PIXELS:,}), got {cfg.data.resize:,}")
+    if cfg.eval.bootstrap > MAX_BOOTSTRAP:
+        raise ConfigError(f"key 'eval.bootstrap' in {where} must be <= {MAX_BOOTSTRAP:,}, got {cfg.eval.bootstrap:,}")
     lime = cfg.lime
     for key, value, ok, want in (
         ("lime.num_samples", lime.num_samples, lime.num_samples >= 1, ">= 1"),

@@ -9,6 +9,7 @@ import errno
 import importlib.util
 import math
 import os
+import re
 import shutil
 import signal
 import struct
@@ -463,7 +464,7 @@ def test_config_that_is_not_utf8_and_hostile_newlines(tmp_path, capsys):
     capsys.readouterr()
     code = run_tool(lambda c, a: 0, "t", ["-c", str(cfg)])
     lines = [ln for ln in capsys.readouterr().err.splitlines() if ln.strip()]
-    assert code == 2
+    assert code == 1  # text that is not UTF-8: the environment (README "Exit status")
     assert_one_error_line(lines, "c.yaml", "not UTF-8")
 
     def main(c, a):
@@ -622,3 +623,218 @@ def test_random_csv_files_give_data_or_one_line_errors(tmp_path, data):
         return
     assert sum(len(v) for v in res.splits.values()) >= 2
 
+
+
+# ---------------------------------------------------------------------------------------------
+# second round: memory computed from what will be allocated, special files, silent wrong results, exit statuses.
+# The tools run as a user runs them, in a subprocess under RLIMIT_AS (3 GB) and a timeout.
+
+LIMIT_AS = 3 << 30
+#: the chest config at a size that runs in seconds
+CHEST_TINY = ["model.name=densenet_tiny", "model.output_stride=8", "model.allow_random=true", "device=cpu",
+              "data.resize=64", "data.crop=56", "infer.tile=64", "infer.engine=dynamic"]
+
+
+def run_limited(tool, config, overrides, timeout=60, extra=(), cwd=None):
+    """``python tools/<tool>.py -c config -q -o ...`` under RLIMIT_AS=3 GB; ``(status, stderr lines, seconds)``;
+    fails when it runs past ``timeout`` (a hang)."""
+    import resource
+
+    def limit():
+        resource.setrlimit(resource.RLIMIT_AS, (LIMIT_AS, LIMIT_AS))
+
+    cmd = [sys.executable, os.path.join(TOOLS, f"{tool}.py"), "-c", config, "-q"]
+    cmd += [a for o in overrides for a in ("-o", o)] + list(extra)
+    t0 = time.perf_counter()
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, preexec_fn=limit, cwd=cwd)
+    except subprocess.TimeoutExpired:
+        pytest.fail(f"{tool} ran past {timeout} s: {cmd}")
+    lines = [ln for ln in proc.stderr.replace("\r", "\n").splitlines()  # not the warnings and progress bars
+             if ln.strip() and " WARNING " not in ln and not re.match(r"^[\w ]+:\s+\d+%\|", ln)]
+    return proc.returncode, lines, time.perf_counter() - t0
+
+
+def png_header(path, width, height, depth=8, colour=0, size=None):
+    """A PNG whose IHDR declares ``width x height`` (``depth`` bits, colour type ``colour``: 6 is RGBA) with a
+    tiny IDAT; ``size``: make the file that many bytes long, sparse (a hole before IEND)."""
+    def chunk(tag, data):
+        return struct.pack(">I", len(data)) + tag + data + struct.pack(">I", zlib.crc32(tag + data) & 0xFFFFFFFF)
+
+    head = b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, depth, colour, 0, 0, 0))
+    body = chunk(b"IDAT", zlib.compress(b"\0" * 64, 9))
+    with open(path, "wb") as fh:
+        fh.write(head + body)
+        if size is not None:
+            fh.seek(size - 12)
+        fh.write(chunk(b"IEND", b""))
+    return str(path)
+
+
+def test_decoded_size_and_file_size_are_checked_from_the_header(tmp_path):
+    # a 16-bit RGBA scan under data.max_pixels whose decoded array is 8 bytes a pixel
+    rgba16 = png_header(tmp_path / "rgba16.png", 9400, 9400, depth=16, colour=6)
+    with pytest.raises(BadImageError, match=r"rgba16\.png decodes to 9400x9400 pixels of 8 bytes"):
+        read_image(rgba16)
+    # a sparse 4 GiB file behind a small valid header is not read into memory
+    sparse = png_header(tmp_path / "sparse.png", 100, 100, size=4 << 30)
+    t0 = time.perf_counter()
+    with pytest.raises(BadImageError, match=r"sparse\.png is 4,096 MB on disk for 100x100 pixels"):
+        read_image(sparse)
+    assert time.perf_counter() - t0 < 1
+    # one extraneous byte before the frame header does not hide the JPEG's declared size
+    sof = b"\xff\xc0" + struct.pack(">HBHHB", 11, 8, 30000, 30000, 1) + b"\x01\x11\x00"
+    (tmp_path / "skew.jpg").write_bytes(b"\xff\xd8\xff\xe0" + struct.pack(">H", 16) + b"JFIF\0\x01\x01\0\0\x01\0\x01\0\0"
+                                        + b"\x00" + sof + b"\xff\xd9")
+    with pytest.raises(BadImageError, match="30000x30000"):
+        read_image(str(tmp_path / "skew.jpg"))
+    # a 16-bit image is stretched to 8 bits without a float64 copy, to the same numbers
+    from chexcam.data.io import to_uint8
+
+    deep = np.random.default_rng(0).integers(100, 4000, (40, 30, 4)).astype(np.uint16)
+    f = deep.astype(np.float64)
+    ref = np.clip(np.rint((f - f.min()) * (255.0 / (f.max() - f.min()))), 0, 255).astype(np.uint8)
+    np.testing.assert_array_equal(to_uint8(deep), ref)
+
+
+def test_resize_target_is_bounded_before_allocating(tmp_path):
+    from chexcam.data.transforms import resize_for
+
+    for w in (20000, 100000):  # the shorter side to 256: 5,120,000 x 256 and 25,600,000 x 256 pixels
+        with pytest.raises(BadImageError, match=f"cannot resize an image of {w}x1"):
+            resize_for(np.zeros((1, w, 3), np.uint8), 256, "shorter")
+    with pytest.raises(ConfigError, match="data.resize"):
+        load_config(CHEST, ["data.resize=100000"])
+    with pytest.raises(ConfigError, match="eval.bootstrap"):
+        load_config(CHEST, ["eval.bootstrap=1000000000"])
+
+
+def _hostile_folder(root):
+    """Images a careless user or an attacker leaves in a folder, beside one good X-ray."""
+    d = os.path.join(root, "in")
+    os.makedirs(os.path.join(d, "sub"))
+    cv2.imwrite(os.path.join(d, "good.png"), np.random.default_rng(0).integers(0, 255, (80, 70), np.uint8))
+    os.mkfifo(os.path.join(d, "fifo.png"))
+    os.symlink("/dev/zero", os.path.join(d, "zero.png"))
+    for i, target in enumerate(("..", ".", "../sub")):  # links that loop, at two levels
+        os.symlink(target, os.path.join(d, "sub", f"loop{i}"))
+    os.symlink("..", os.path.join(d, "loop"))
+    png_header(os.path.join(d, "rgba16.png"), 9400, 9400, depth=16, colour=6)
+    cv2.imwrite(os.path.join(d, "strip.png"), np.full((1, 100000), 128, np.uint8))  # resized: 6,400,000 x 64
+    return d
+
+
+def test_hostile_folder_through_a_recursive_glob_within_memory_and_time(tmp_path):
+    d = _hostile_folder(str(tmp_path))
+    out = str(tmp_path / "out")
+    code, lines, seconds = run_limited("infer_cam", CHEST, CHEST_TINY + [
+        f"infer.input={d}/**/*.png", f"output_dir={out}", "data.on_bad_image=skip"])
+    assert code == 0 and seconds < 60, (code, lines)
+    summary = __import__("json").load(open(os.path.join(out, "cam", "summary.json")))
+    bad = summary["bad_files"]
+    assert summary["images"] == 1 and len(bad) == 2, summary  # a FIFO or a device is not an image file at all
+    assert any("rgba16.png decodes to 9400x9400" in r for r in bad), bad
+    assert any("strip.png" in r and "cannot resize an image of 100000x1" in r for r in bad), bad
+    # named one by one in a list, the special files are one line each, and the run does not hang
+    for name, needle in (("fifo.png", "is a FIFO"), ("zero.png", "is a character device (through a link)")):
+        lst = tmp_path / f"{name}.txt"
+        lst.write_text(os.path.join(d, name) + "\n")
+        code, lines, seconds = run_limited("infer_cam", CHEST, CHEST_TINY + [f"infer.input={lst}",
+                                                                           f"output_dir={tmp_path / name}"])
+        assert code == 2 and seconds < 60
+        assert_one_error_line(lines, name, needle)
+
+
+def test_symlink_loops_in_a_recursive_glob_end(tmp_path):
+    from chexcam.data.io import list_images
+
+    d = _hostile_folder(str(tmp_path))
+    t0 = time.perf_counter()
+    files = list_images(os.path.join(d, "**", "*.png"))
+    assert time.perf_counter() - t0 < 5
+    assert sorted(os.path.basename(f) for f in files) == ["good.png", "rgba16.png", "strip.png"]
+
+
+def test_yaml_duplicate_keys_and_alias_bombs_are_refused(tmp_path):
+    dup = tmp_path / "dup.yaml"
+    dup.write_text("output_dir: a\ntrain:\n  epochs: 2\noutput_dir: b\n")
+    code, lines, _ = run_limited("train", str(dup), [])
+    assert code == 2
+    assert_one_error_line(lines, "dup.yaml line 4", "duplicate key 'output_dir'", "line 1")
+    levels = ['a: &a ["x", "x", "x", "x", "x", "x", "x", "x", "x"]']
+    for i in range(1, 9):  # 9^9 values once expanded
+        prev, name = chr(ord("a") + i - 1), chr(ord("a") + i)
+        levels.append(f"{name}: &{name} [" + ", ".join([f"*{prev}"] * 9) + "]")
+    for tail in ("data:\n  labels: *i\n", "data: *i\n"):
+        bomb = tmp_path / "bomb.yaml"
+        bomb.write_text("\n".join(levels[:-1]) + "\n" + tail.replace("*i", "*h"))
+        code, lines, seconds = run_limited("train", str(bomb), [], timeout=30)
+        assert code == 2 and seconds < 30
+        assert_one_error_line(lines, "bomb.yaml", "more than 100,000 values")
+    code, lines, _ = run_limited("train", MALARIA, ["data.labels=[&a [x, x], *a, *a]"])
+    assert code == 2 and lines and "Traceback" not in "\n".join(lines)
+
+
+def test_unreadable_or_non_utf8_files_exit_1_naming_the_file(tmp_path):
+    bad = tmp_path / "list.txt"
+    bad.write_bytes(b"a.png\n\xff\xfe.png\n")
+    code, lines, _ = run_limited("infer_cam", CHEST, CHEST_TINY + [f"infer.input={bad}", f"output_dir={tmp_path}/o"])
+    assert code == 1
+    assert_one_error_line(lines, "list.txt", "not UTF-8")
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("seed: 1\n")
+    cfg.chmod(0)
+    if os.access(cfg, os.R_OK):  # root reads anything
+        return
+    code, lines, _ = run_limited("train", str(cfg), [])
+    assert code == 1
+    assert_one_error_line(lines, "c.yaml", "ermission denied")
+
+
+def test_missing_weights_and_input_are_named_at_once(tmp_path):
+    code, lines, _ = run_limited("infer_cam", CHEST, [f"output_dir={tmp_path}"])
+    assert code == 2
+    assert_one_error_line(lines, "model.weights", "infer.input", "model.allow_random=true")
+
+
+def test_nul_byte_in_a_csv_cell_is_refused(tmp_path):
+    folder = str(tmp_path / "d")
+    csv_path = make_csv_dataset(folder, extra_rows=["img/train_0.png\0x,1,p99,train"])
+    with pytest.raises(DataError, match=r"data.csv row 34: a NUL byte in column 'path'"):
+        build_splits(load_config(MALARIA, tiny_overrides(csv_path, str(tmp_path / "o"))))
+
+
+def test_the_same_image_through_a_linked_folder_in_two_splits_is_refused(tmp_path):
+    folder = str(tmp_path / "d")
+    csv_path = make_csv_dataset(folder)
+    os.symlink(os.path.join(folder, "img"), os.path.join(folder, "alias"))
+    with open(csv_path, "a") as fh:
+        fh.write("alias/train_0.png,0,p99,test\n")
+    with pytest.raises(DataError, match=r"alias/train_0\.png \(also as .*img/train_0\.png\) in both train and test"):
+        build_splits(load_config(MALARIA, tiny_overrides(csv_path, str(tmp_path / "o"))))
+
+
+def test_malaria_cells_in_both_class_folders_are_refused(tmp_path):
+    root = tmp_path / "cells"
+    rng = np.random.default_rng(0)
+    for cls in ("Parasitized", "Uninfected"):
+        os.makedirs(root / cls)
+        for i in range(4):
+            cv2.imwrite(str(root / cls / f"C{i}P{i}_{cls}_{i}.png"), rng.integers(0, 255, (20, 20, 3), np.uint8))
+    for i in range(3):
+        shutil.copy(root / "Parasitized" / f"C{i}P{i}_Parasitized_{i}.png", root / "Uninfected")
+    with pytest.raises(DataError, match=r"3 image\(s\) are in both .*cells/(Uninfected and .*cells/Parasitized|Parasitized and .*cells/Uninfected) \(the same name and bytes"):
+        build_splits(load_config(MALARIA, [f"data.root={root}"]))
+
+
+def test_output_dir_inside_the_input_glob_is_not_read_back(tmp_path):
+    d = tmp_path / "in"
+    os.makedirs(d)
+    for i in range(2):
+        cv2.imwrite(str(d / f"x{i}.png"), np.random.default_rng(i).integers(0, 255, (70, 60), np.uint8))
+    over = CHEST_TINY + [f"infer.input={d}/**/*.png", f"output_dir={d}/out"]
+    for _ in range(2):
+        code, lines, _ = run_limited("infer_cam", CHEST, over)
+        assert code == 0, lines
+        summary = __import__("json").load(open(d / "out" / "cam" / "summary.json"))
+        assert summary["images"] == 2

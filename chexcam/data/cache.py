@@ -18,7 +18,7 @@ import cv2
 import numpy as np
 
 from ..config import DEFAULT_MAX_PIXELS
-from ..errors import DataError
+from ..errors import BadImageError, DataError
 from ..utils import atomic_path
 from .io import read_image
 from .transforms import resize_for
@@ -42,7 +42,10 @@ def write_cached(src: str, dst: str, size: int, mode: str, max_pixels: int = DEF
     """Read ``src`` (at most ``max_pixels``), resize it, write ``dst`` atomically (gray PNG when all channels
     are equal)."""
     img = read_image(src, max_pixels)
-    small, _, _ = resize_for(img, size, mode)
+    try:
+        small, _, _ = resize_for(img, size, mode)
+    except BadImageError as exc:
+        raise BadImageError(f"{src}: {exc}") from None
     if np.array_equal(small[..., 0], small[..., 1]) and np.array_equal(small[..., 0], small[..., 2]):
         out = small[..., 0]
     else:

@@ -29,7 +29,7 @@ from typing import Dict, Iterable, List, Optional, Sequence
 
 import numpy as np
 
-from ..errors import DataError
+from ..errors import EXIT_ENVIRONMENT, DataError, environment, read_reason
 from ..labels import CHESTXRAY14_LABELS
 from ..registry import DATASETS
 from ..utils import did_you_mean
@@ -121,7 +121,7 @@ def _read_metadata(path: str) -> Dict[str, dict]:
                 rows[name] = {"findings": findings, "patient": patient_id(row["Patient ID"] or ""),
                               "view": (row["View Position"] or "").strip()}
     except (OSError, EOFError, gzip.BadGzipFile, csv.Error, UnicodeDecodeError) as exc:
-        raise DataError(f"cannot read label file {path}: {exc}") from None
+        raise DataError(f"cannot read label file {path}: {read_reason(exc)}", exit_code=environment(exc)) from None
     if not rows:
         raise DataError(f"label file {path} has no rows")
     return rows
@@ -238,7 +238,7 @@ def chestxray14(cfg) -> SplitSet:
                         items.append((name, findings, patient_id(name.split("_")[0])))
             except (OSError, UnicodeDecodeError) as exc:
                 reason = "not UTF-8 text" if isinstance(exc, UnicodeDecodeError) else exc.strerror or exc
-                raise DataError(f"cannot read split list {path}: {reason}") from None
+                raise DataError(f"cannot read split list {path}: {reason}", exit_code=EXIT_ENVIRONMENT) from None
             splits[split] = _samples(items, labels, paths, default_dir)
         info["split_dir"] = d
         info.setdefault("labels_file", d)

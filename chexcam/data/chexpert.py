@@ -43,7 +43,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from ..errors import DataError
+from ..errors import DataError, environment, read_reason
 from ..labels import (
     CHESTXRAY14_TO_CHEXPERT,
     CHESTXRAY14_UNPAIRED,
@@ -129,7 +129,7 @@ def read_csv_rows(path: str, required: Sequence[str], what: str):
             for line, row in enumerate(reader, 2):
                 yield line, row
     except (OSError, EOFError, gzip.BadGzipFile, csv.Error, UnicodeDecodeError) as exc:
-        raise DataError(f"cannot read {path}: {exc}") from None
+        raise DataError(f"cannot read {path}: {read_reason(exc)}", exit_code=environment(exc)) from None
 
 
 def warn_if_missing(splits: Dict[str, List[Sample]], root: Optional[str], on_bad_image: str) -> None:

@@ -17,7 +17,7 @@ import csv
 import math
 import os
 
-from ..errors import DataError
+from ..errors import DataError, environment
 from ..registry import DATASETS
 from .samples import SPLITS, Sample, SplitSet, check_classes, make_target, random_patient_split
 
@@ -52,7 +52,7 @@ def csv_dataset(cfg) -> SplitSet:
         rows, cols = _read_rows(path, base, labels, cfg.data.path_column, blank)
     except (OSError, UnicodeDecodeError, csv.Error) as exc:
         reason = "not UTF-8 text" if isinstance(exc, UnicodeDecodeError) else getattr(exc, "strerror", None) or exc
-        raise DataError(f"cannot read data.csv {path}: {reason}") from None
+        raise DataError(f"cannot read data.csv {path}: {reason}", exit_code=environment(exc)) from None
     if not rows:
         raise DataError(f"{path} has no rows")
     check_classes([smp for smp, _ in rows], labels, path)
@@ -78,6 +78,9 @@ def _read_rows(path: str, base: str, labels, path_column: str, blank: str):
         for i, row in enumerate(reader, 2):
             if None in row:
                 raise DataError(f"{path} row {i}: more cells than the header's {len(cols)} columns")
+            nul = next((c for c in cols if "\0" in (row[c] or "")), None)
+            if nul is not None:  # Python's csv reads it; no path or label contains one
+                raise DataError(f"{path} row {i}: a NUL byte in column '{nul}' (a binary or corrupt file?)")
             rel = (row[path_column] or "").strip()
             if not rel:
                 raise DataError(f"{path} row {i}: empty '{path_column}'")

@@ -136,8 +136,9 @@ class ImageDataset(paddle.io.Dataset):
         path = self.samples[i].path
         try:
             self._input(i)
-        except BadImageError as exc:
-            return str(exc)
+        except BadImageError as exc:  # the resize step's refusal does not know the file: name it
+            msg = str(exc)
+            return msg if path in msg else f"{path}: {msg}"
         except Exception as exc:
             return f"cannot read image {path}: {one_line(exc)}"
         return f"image could not be loaded: {path}"

@@ -10,17 +10,22 @@ DICOM files (by extension ``.dcm``/``.dicom`` or the ``DICM`` magic at byte 128)
 No file is trusted to be small: the pixel count is read from the header (PNG ``IHDR``, JPEG ``SOF``, DICOM
 ``Rows``/``Columns``/``NumberOfFrames``, any other format through Pillow's lazy header read) and a file over
 ``max_pixels`` (``data.max_pixels``, by default Pillow's decompression-bomb limit) is refused before a
-single pixel is decoded. A format whose size no header reader knows is decoded by OpenCV (whose own cap is
-2**30 pixels) and refused afterwards.
+single pixel is decoded. So is one whose decoded array (pixels x channels x bytes per sample, as the header
+declares them) would exceed ``4 * max_pixels`` bytes (an 8-bit RGBA image of ``max_pixels``), one whose file is
+larger than any encoding of its declared pixels needs (a sparse file behind a small header), and one whose size
+no header reader can tell (OpenCV would decode it blindly). Only regular files are images: a FIFO, a device
+such as ``/dev/zero`` (or a link to one) or a socket is refused before it is opened for reading.
 """
 
 from __future__ import annotations
 
 import csv
+import fnmatch
 import glob
 import io
 import os
 import re
+import stat
 import warnings
 from typing import List, Optional, Tuple
 
@@ -28,12 +33,16 @@ import cv2
 import numpy as np
 
 from ..config import DEFAULT_MAX_PIXELS
-from ..errors import BadImageError, DataError
+from ..errors import EXIT_ENVIRONMENT, BadImageError, DataError
 
 _PNG_SIG = b"\x89PNG\r\n\x1a\n"
 _PNG_END = b"IEND\xaeB`\x82"
 DICOM_EXTS = (".dcm", ".dicom")
 _HEAD_BYTES = 1 << 16  # read first: the size of nearly every image is in there
+#: bytes of a decoded pixel that ``max_pixels`` pays for (8-bit RGBA); deeper or wider images count more
+BYTES_PER_PIXEL = 4
+#: bytes an encoded file may hold beyond its decoded pixels (metadata, ICC profiles, thumbnails)
+_FILE_SLACK = 16 << 20
 
 
 def is_dicom(path: str, head: bytes) -> bool:
@@ -118,6 +127,10 @@ def read_dicom(path: str, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
     return cv2.cvtColor(img, cv2.COLOR_GRAY2RGB)
 
 
+#: channels OpenCV decodes a PNG colour type to (IMREAD_UNCHANGED; a palette may carry transparency)
+_PNG_CHANNELS = {0: 1, 2: 3, 3: 4, 4: 4, 6: 4}
+
+
 def _png_size(data: bytes) -> Optional[Tuple[int, int]]:
     """``(width, height)`` from a PNG's ``IHDR`` (always the first chunk), or None."""
     if len(data) >= 24 and data[12:16] == b"IHDR":
@@ -125,12 +138,22 @@ def _png_size(data: bytes) -> Optional[Tuple[int, int]]:
     return None
 
 
+def _png_sample(data: bytes) -> Tuple[int, int]:
+    """``(channels, bytes per sample)`` a PNG decodes to, from its ``IHDR`` (16-bit: 2 bytes)."""
+    if len(data) >= 26:
+        return _PNG_CHANNELS.get(data[25], 4), 2 if data[24] == 16 else 1
+    return 4, 2
+
+
 def _jpeg_size(data: bytes) -> Optional[Tuple[int, int]]:
     """``(width, height)`` from the first start-of-frame marker (SOF0..SOF15 but DHT/JPG/DAC), or None."""
     i, n = 2, len(data)
     while i + 4 <= n:
-        if data[i] != 0xFF:
-            return None
+        if data[i] != 0xFF:  # extraneous bytes before a marker: libjpeg skips them, and so does this walk
+            i = data.find(b"\xff", i)
+            if i < 0:
+                return None
+            continue
         marker = data[i + 1]
         if marker == 0xFF:  # fill byte
             i += 1
@@ -174,8 +197,34 @@ def image_size(data: bytes) -> Optional[Tuple[int, int]]:
     if data.startswith(_PNG_SIG):
         return _png_size(data)
     if data.startswith(b"\xff\xd8"):
-        return _jpeg_size(data)
+        return _jpeg_size(data) or _pillow_size(data)
     return _pillow_size(data)
+
+
+def decoded_bytes(data: bytes, size: Tuple[int, int]) -> int:
+    """Bytes OpenCV allocates to decode an image of ``size`` (``IMREAD_UNCHANGED``): pixels x channels x bytes
+    per sample, from the PNG header; JPEG and other formats at most 4 channels of 1 byte (what ``max_pixels``
+    pays for)."""
+    pixels = int(size[0]) * int(size[1])
+    if data.startswith(_PNG_SIG):
+        channels, depth = _png_sample(data)
+    else:
+        channels, depth = 4, 1
+    return pixels * channels * depth
+
+
+def check_decoded(path: str, data: bytes, size: Tuple[int, int], max_pixels: int, file_bytes: int) -> None:
+    """Refuse an image whose decoded array would exceed ``BYTES_PER_PIXEL * max_pixels`` bytes, or whose file is
+    larger than any encoding of its pixels needs (its bytes are read into memory before decoding)."""
+    need, budget = decoded_bytes(data, size), BYTES_PER_PIXEL * int(max_pixels)
+    if need > budget:
+        per = need // max(1, size[0] * size[1])
+        raise BadImageError(f"image too large: {path} decodes to {size[0]}x{size[1]} pixels of {per} bytes = "
+                            f"{need / 2**20:,.1f} MB, over the {budget / 2**20:,.1f} MB that data.max_pixels="
+                            f"{max_pixels:,} allows ({BYTES_PER_PIXEL} bytes a pixel); raise data.max_pixels to read it")
+    if file_bytes > 2 * need + _FILE_SLACK:
+        raise BadImageError(f"image file too large for its pixels: {path} is {file_bytes / 2**20:,.0f} MB on disk for "
+                            f"{size[0]}x{size[1]} pixels ({need / 2**20:,.1f} MB decoded)")
 
 
 def check_pixels(path: str, size: Optional[Tuple[int, int]], max_pixels: int, frames: int = 1) -> None:
@@ -201,9 +250,19 @@ def _check_complete(path: str, data: bytes) -> None:
 
 
 def to_uint8(img: np.ndarray) -> np.ndarray:
-    """8-bit copy of an image: uint8 unchanged, higher depths stretched from their own min..max."""
+    """8-bit copy of an image: uint8 unchanged, higher depths stretched from their own min..max.
+
+    16-bit images go through a 65536-entry table (the same numbers as the float formula, without a float64
+    copy of the image: 8 bytes a sample for a 16-bit RGBA scan would be four times its decoded size)."""
     if img.dtype == np.uint8:
         return img
+    if img.dtype == np.uint16:
+        lo, hi = int(img.min()), int(img.max())
+        if hi - lo <= 0:
+            return np.zeros(img.shape, dtype=np.uint8)
+        lut = np.zeros(65536, dtype=np.uint8)
+        lut[lo:hi + 1] = np.clip(np.rint((np.arange(lo, hi + 1, dtype=np.float64) - lo) * (255.0 / (hi - lo))), 0, 255)
+        return lut[img]
     img = img.astype(np.float64)
     lo, hi = float(img.min()), float(img.max())
     if hi - lo <= 0:
@@ -236,13 +295,10 @@ def read_image(path: str, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
         BadImageError: missing, empty, truncated, undecodable or too large a file (the message names it).
     """
     path = os.fspath(path)
-    if not os.path.exists(path):
-        raise BadImageError(f"image not found: {path}")
-    if os.path.isdir(path):
-        raise BadImageError(f"expected an image file, got a directory: {path}")
     size = None
     try:
-        with open(path, "rb") as fh:
+        with open_regular(path, "image") as fh:
+            file_bytes = os.fstat(fh.fileno()).st_size
             head = fh.read(_HEAD_BYTES)
             if not head:
                 raise BadImageError(f"empty image file: {path}")
@@ -250,12 +306,20 @@ def read_image(path: str, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
                 return read_dicom(path, max_pixels)
             size = image_size(head)
             check_pixels(path, size, max_pixels)  # before the rest of a huge file is even read
-            data = head + fh.read()
+            if size is not None:
+                check_decoded(path, head, size, max_pixels, file_bytes)
+            elif file_bytes > BYTES_PER_PIXEL * int(max_pixels) + _FILE_SLACK:
+                raise BadImageError(f"image file too large: {path} is {file_bytes / 2**20:,.0f} MB and its header "
+                                    "does not say its size in the first 64 kB")
+            data = head + fh.read(max(0, file_bytes - len(head)) + 1)
     except OSError as exc:
         raise BadImageError(f"cannot read image {path}: {exc.strerror}") from None
     if size is None:  # a header beyond the first bytes (large JPEG metadata, a TIFF directory at the end)
         size = image_size(data)
+        if size is None:  # OpenCV would decode it blindly, to whatever size it says
+            raise BadImageError(f"cannot decode image (no PNG, JPEG or other header that gives its size): {path}")
         check_pixels(path, size, max_pixels)
+        check_decoded(path, data, size, max_pixels, len(data))
     _check_complete(path, data)
     try:
         img = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), cv2.IMREAD_UNCHANGED)
@@ -264,9 +328,46 @@ def read_image(path: str, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
         raise BadImageError(f"cannot decode image {path}: {reason}") from None
     if img is None or img.size == 0:
         raise BadImageError(f"cannot decode image (corrupt or not an image): {path}")
-    if size is None:
-        check_pixels(path, img.shape[1::-1], max_pixels)
     return to_rgb(img, path)
+
+
+_KINDS = ((stat.S_ISFIFO, "a FIFO"), (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"),
+          (stat.S_ISSOCK, "a socket"))
+
+
+def check_regular(path: str, mode: int, what: str = "image") -> None:
+    """Refuse anything but a regular file (``mode`` from ``os.stat``) with one line naming ``path``: a
+    :class:`BadImageError` for an image, else a :class:`DataError` naming ``what`` the file is."""
+    if stat.S_ISREG(mode):
+        return
+    error = BadImageError if what == "image" else DataError
+    if stat.S_ISDIR(mode):
+        raise error(f"expected an image file, got a directory: {path}" if what == "image" else
+                    f"cannot read {what} {path}: it is a folder, not a file")
+    kind = next((name for test, name in _KINDS if test(mode)), "not a regular file")
+    link = " (through a link)" if os.path.islink(path) else ""
+    raise error(f"not a regular file: {path} is {kind}{link}" if what == "image" else
+                f"cannot read {what} {path}: it is {kind}{link}, not a regular file")
+
+
+def open_regular(path: str, what: str = "image"):
+    """Open ``path`` for binary reading if it is a regular file; a FIFO (which would block ``open`` until a writer
+    comes), a device such as ``/dev/zero`` (endless) or a socket is refused first, by ``os.stat``. Raises
+    :class:`BadImageError` (``what == "image"``) or :class:`DataError`; ``OSError`` for what the system refuses."""
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        if what == "image":
+            raise BadImageError(f"image not found: {path}") from None
+        raise
+    check_regular(path, st.st_mode, what)
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0))
+    try:
+        check_regular(path, os.fstat(fd).st_mode, what)  # replaced between the two looks
+        return os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
 
 
 # ---------------------------------------------------------------------------------------------
@@ -291,28 +392,83 @@ def read_list(path: str, column: str = "path", what: str = "list") -> List[str]:
                 return [row[col].strip() for row in reader if len(row) > col and row[col].strip()]
             return [line.split()[0] for line in fh if line.strip() and not line.lstrip().startswith("#")]
     except OSError as exc:
-        raise DataError(f"cannot read {what} {path}: {exc.strerror or exc}") from None
+        raise DataError(f"cannot read {what} {path}: {exc.strerror or exc}", exit_code=EXIT_ENVIRONMENT) from None
     except UnicodeDecodeError as exc:
-        raise DataError(f"cannot read {what} {path}: not UTF-8 text (byte {exc.start})") from None
+        raise DataError(f"cannot read {what} {path}: not UTF-8 text (byte {exc.start})",
+                        exit_code=EXIT_ENVIRONMENT) from None
+
+
+def _is_regular(path: str) -> bool:
+    """A regular file (through links); a FIFO, a device, a socket, a folder or a broken link is not."""
+    try:
+        return stat.S_ISREG(os.stat(path).st_mode)
+    except OSError:
+        return False
+
+
+def _match_parts(parts: List[str], names: List[str]) -> bool:
+    """``names`` (a path's components) match the glob components ``parts``; ``**`` matches any number."""
+    if not parts:
+        return not names
+    if parts[0] == "**":  # as glob's: hidden folders are not crossed
+        return any(_match_parts(parts[1:], names[i:]) for i in range(len(names) + 1)
+                   if not any(n.startswith(".") for n in names[:i]))
+    if not names or (names[0].startswith(".") and not parts[0].startswith(".")):  # glob's '*' skips hidden names
+        return False
+    return fnmatch.fnmatchcase(names[0], parts[0]) and _match_parts(parts[1:], names[1:])
+
+
+def walk_glob(pattern: str) -> List[str]:
+    """The files a recursive glob (``**``) matches, walking each real folder once: a link to a folder is followed,
+    but a folder reached again (a link to itself or to a parent) is not walked twice, so a loop ends."""
+    parts = pattern.split(os.sep)
+    first = next(i for i, p in enumerate(parts) if any(ch in p for ch in "*?["))
+    roots = [os.sep.join(parts[:first]) or (os.sep if pattern.startswith(os.sep) else ".")]
+    rest = parts[first:]
+    found, seen = [], set()
+    for root in roots:
+        for top, dirs, files in os.walk(root, followlinks=True):
+            real = os.path.realpath(top)
+            if real in seen:
+                dirs[:] = []
+                continue
+            seen.add(real)
+            dirs.sort()
+            rel = os.path.relpath(top, root)
+            names = [] if rel == "." else rel.split(os.sep)
+            for f in files:
+                if _match_parts(rest, names + [f]):
+                    found.append(os.path.join(top, f) if root != "." or pattern.startswith(".") else
+                                 os.path.join(*(names + [f])))
+    return found
 
 
 def list_images(spec: str) -> List[str]:
-    """One file, a folder (its images, sorted) or a glob pattern -> paths, each real file once.
+    """One file, a folder (its images, sorted) or a glob pattern -> paths, each real file once. Only regular
+    files are images (a FIFO named ``x.png`` or a link to ``/dev/zero`` is not listed); a ``**`` glob walks each
+    real folder once, so links that loop end.
 
     Raises:
         DataError: nothing exists at ``spec`` or it matched no image.
     """
     if os.path.isdir(spec):
         files = [os.path.join(spec, f) for f in sorted(os.listdir(spec)) if f.lower().endswith(IMAGE_EXTS)]
+    elif "**" in spec:
+        files = sorted(walk_glob(spec))
     elif any(ch in spec for ch in "*?["):
-        files = sorted(f for f in glob.glob(spec, recursive=True) if os.path.isfile(f))
-    elif os.path.isfile(spec):
+        files = sorted(glob.glob(spec))
+    elif os.path.exists(spec):
         files = [spec]
+        if not _is_regular(spec):
+            st = os.stat(spec)
+            check_regular(spec, st.st_mode, "input")
     else:
         raise DataError(f"input not found: {spec} (expected an image, a folder, a glob, a .csv/.txt list "
                         "or split:train|val|test)")
     seen, unique = set(), []
     for f in files:  # a '**' glob through a link reaches the same file by several names
+        if not _is_regular(f):
+            continue
         real = os.path.realpath(f)
         if real not in seen:
             seen.add(real)

@@ -44,6 +44,33 @@ def find_class_root(root: str) -> str:
     raise DataError(f"data.root={root} has no {' and '.join(MALARIA_CLASSES)} folders (nor cell_images/ with them)")
 
 
+def _same_bytes(a: str, b: str) -> bool:
+    with open(a, "rb") as fa, open(b, "rb") as fb:
+        while True:
+            x, y = fa.read(1 << 20), fb.read(1 << 20)
+            if x != y:
+                return False
+            if not x:
+                return True
+
+
+def check_both_classes(root: str) -> None:
+    """Refuse a cell that is in both class folders (the same name and the same bytes, or one file reached by two
+    links): it would be trained with both labels."""
+    folders = [os.path.join(root, c) for c in MALARIA_CLASSES]
+    other = {n: os.path.join(folders[1], n) for n in os.listdir(folders[1])}
+    both = []
+    for name in sorted(os.listdir(folders[0])):
+        a, b = os.path.join(folders[0], name), other.get(name)
+        if b is None or not (os.path.isfile(a) and os.path.isfile(b)):
+            continue
+        if os.path.samefile(a, b) or (os.path.getsize(a) == os.path.getsize(b) and _same_bytes(a, b)):
+            both.append(name)
+    if both:
+        raise DataError(f"{len(both)} image(s) are in both {folders[0]} and {folders[1]} (the same name and bytes, "
+                        f"e.g. {both[0]}): a cell cannot have both labels; remove one copy")
+
+
 @DATASETS.register("malaria")
 def malaria(cfg) -> SplitSet:
     """List the cells, label Parasitized = 1 and split by patient (``data.val_fraction``/``test_fraction``)."""
@@ -65,5 +92,6 @@ def malaria(cfg) -> SplitSet:
             samples.append(Sample(os.path.join(folder, name), make_target([float(value)]), malaria_patient(name)))
     if unnamed:
         logger.warning("%d file names lack C<slide>[P<patient>]; grouped by their first '_' token", unnamed)
+    check_both_classes(root)
     splits = stratified_patient_split(samples, cfg.data.val_fraction, cfg.data.test_fraction, cfg.seed)
     return SplitSet(splits, {"root": root, "patients": len({s.patient for s in samples})})

@@ -11,7 +11,7 @@ import logging
 import math
 import os
 from dataclasses import dataclass, field
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -46,14 +46,16 @@ def make_target(values: Sequence[float]) -> np.ndarray:
 def check_unique(splits: Dict[str, List[Sample]], where: str) -> None:
     """Refuse an image listed twice, in one split or in two (a duplicate counts twice; across splits it leaks
     test images into training)."""
-    seen: Dict[str, str] = {}
+    seen: Dict[str, Tuple[str, str]] = {}
     for split in SPLITS:
         for s in splits.get(split, []):
-            key = os.path.normpath(s.path)
+            key = os.path.realpath(s.path)  # one file reached through a link or another folder name is one image
             if key in seen:
-                twice = f"twice in {split}" if seen[key] == split else f"in both {seen[key]} and {split}"
-                raise DataError(f"{where} lists {s.path} {twice}: each image must appear once")
-            seen[key] = split
+                first, name = seen[key]
+                twice = f"twice in {split}" if first == split else f"in both {first} and {split}"
+                also = "" if name == s.path else f" (also as {name})"
+                raise DataError(f"{where} lists {s.path}{also} {twice}: each image must appear once")
+            seen[key] = (split, s.path)
 
 
 def check_classes(samples: Sequence[Sample], labels: Sequence[str], where: str) -> None:

@@ -14,7 +14,12 @@ from typing import List, Sequence, Tuple
 import cv2
 import numpy as np
 
+from ..config import DEFAULT_MAX_PIXELS
+from ..errors import BadImageError
 from ..postprocess import resize_maps
+
+#: most pixels the resize step may make (as many as ``data.max_pixels`` lets an image have by default)
+MAX_RESIZED_PIXELS = DEFAULT_MAX_PIXELS
 
 
 @dataclass(frozen=True)
@@ -157,8 +162,27 @@ def resize_square(img: np.ndarray, size: int) -> Tuple[np.ndarray, float, float]
     return cv2.resize(img, (size, size), interpolation=interp), size / w, size / h
 
 
+def resized_shape(h: int, w: int, size: int, mode: str) -> Tuple[int, int]:
+    """``(height, width)`` the resize step of ``data.resize_mode`` gives an ``h x w`` image."""
+    if mode == "square":
+        return size, size
+    if h <= w:
+        return size, max(1, int(round(w * size / h)))
+    return max(1, int(round(h * size / w))), size
+
+
 def resize_for(img: np.ndarray, size: int, mode: str) -> Tuple[np.ndarray, float, float]:
-    """The resize step of ``data.resize_mode`` (``shorter`` or ``square``); also what the cache stores."""
+    """The resize step of ``data.resize_mode`` (``shorter`` or ``square``); also what the cache stores.
+
+    Raises:
+        BadImageError: the resized image would have more than :data:`MAX_RESIZED_PIXELS` pixels (a 20000x1
+            strip with its shorter side taken to 256 would be 5,120,000 x 256), checked before allocating.
+    """
+    h, w = img.shape[:2]
+    nh, nw = resized_shape(h, w, size, mode)
+    if nh * nw > MAX_RESIZED_PIXELS:
+        raise BadImageError(f"cannot resize an image of {w}x{h}: data.resize={size} ({mode} side) makes it {nw}x{nh} "
+                            f"= {nh * nw:,} pixels, over {MAX_RESIZED_PIXELS:,} (its aspect ratio is too extreme)")
     return resize_square(img, size) if mode == "square" else resize_shorter(img, size)
 
 

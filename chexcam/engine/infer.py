@@ -149,7 +149,17 @@ def resolve_inputs(cfg: Config) -> List[Item]:
             raise ChexcamError(f"infer.input list {spec} names no images")
         base = os.path.dirname(os.path.abspath(spec))
         return [Item(n if os.path.isabs(n) else os.path.join(base, n)) for n in names]
-    return [Item(p) for p in list_images(spec)]
+    files = list_images(spec)
+    if os.path.isdir(spec) or any(ch in spec for ch in "*?["):  # never the run's own outputs, as X-rays
+        out = os.path.join(os.path.realpath(cfg.output_dir), "")
+        kept = [p for p in files if not os.path.realpath(p).startswith(out)]
+        if len(kept) < len(files):
+            logger.info("infer.input=%s: %d files under output_dir %s left out (this tool's own outputs)", spec,
+                        len(files) - len(kept), cfg.output_dir)
+            if not kept:
+                raise ChexcamError(f"infer.input={spec} matched only files under output_dir {cfg.output_dir}")
+        files = kept
+    return [Item(p) for p in files]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -259,13 +269,14 @@ def _load(ctx: _Context, job: Tuple[Optional[str], Item, Optional[int]], shelf: 
     cfg = ctx.cfg
     try:
         img = read_image(item.path, max_pixels=cfg.data.max_pixels)
-    except BadImageError as exc:
-        return _Bad(item, str(exc), slot)
-    if cfg.infer.ten_crop:
-        x, geos = TenCrop.from_config(cfg).crops_and_geometry(img)
-    else:
-        x, g = eval_transform(cfg)(img)
-        x, geos = x[None], [g]
+        if cfg.infer.ten_crop:
+            x, geos = TenCrop.from_config(cfg).crops_and_geometry(img)
+        else:
+            x, g = eval_transform(cfg)(img)
+            x, geos = x[None], [g]
+    except BadImageError as exc:  # the resize step's refusal does not know the file: name it
+        msg = str(exc)
+        return _Bad(item, msg if item.path in msg else f"{item.path}: {msg}", slot)
     size = (int(img.shape[0]), int(img.shape[1]))
     tile = None
     if ctx.outdir is not None and cfg.infer.mosaic:
@@ -511,6 +522,10 @@ def run(cfg: Config, workers: Optional[int] = None) -> dict:
         BadImageError: a bad file under ``data.on_bad_image: error`` (its name in the message).
         ChexcamError: no image could be explained.
     """
+    if not cfg.infer.input and not cfg.model.weights and not cfg.model.allow_random:  # both at once, not in turn
+        raise ChexcamError("model.weights and infer.input are not set: pass -o model.weights=PATH (or -o "
+                           "model.allow_random=true for random weights) and -o infer.input=IMAGE|FOLDER|GLOB|"
+                           "LIST.csv|split:test")
     require_weights(cfg)
     rank, world = dist_env()  # the process group is joined after the workers are forked
     items = resolve_inputs(cfg)

@@ -24,7 +24,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from ..errors import DataError
+from ..errors import EXIT_ENVIRONMENT, DataError
 
 IOBB_THRESHOLDS = (0.1, 0.25, 0.5, 0.75, 0.9)
 IOU_THRESHOLDS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7)
@@ -84,7 +84,7 @@ def read_bbox_csv(path: str) -> Dict[str, List[Tuple[str, Box]]]:
     try:
         fh = open(path, newline="", encoding="utf-8")
     except OSError as exc:
-        raise DataError(f"cannot read box list {path}: {exc.strerror}") from None
+        raise DataError(f"cannot read box list {path}: {exc.strerror}", exit_code=EXIT_ENVIRONMENT) from None
     out: Dict[str, List[Tuple[str, Box]]] = defaultdict(list)
     with fh:
         rows = csv.reader(fh)
