@@ -23,6 +23,10 @@ legacy (torch < 1.6, e.g. the CheXNet release ``model.pth.tar`` written by torch
 A tensor (``torch._utils._rebuild_tensor``, ``_rebuild_tensor_v2``, ``_rebuild_tensor_v3``) becomes a
 numpy array: ``as_strided`` on its storage at its offset with its sizes and strides, after a bounds check,
 then copied to a native-order C-contiguous array. bfloat16 becomes float32 (exactly: the same bits padded).
+Sizes come from what will be allocated, never from what a file declares: a tensor that would copy into more
+bytes than its storage holds (a stride-0 view of one element as 40000 x 40000) is refused past
+:data:`MAX_EXPANDED_BYTES`, and a zip record is inflated in chunks, never past its declared size nor past
+:data:`MAX_INFLATE_RATIO` times its compressed size.
 Only numpy, the standard library and :mod:`chexcam.errors` are imported here; torch never is.
 """
 
@@ -48,6 +52,10 @@ MAGIC_NUMBER = 0x1950A86A20F9469CFC6C
 PROTOCOL_VERSION = 1001
 
 _NEVER = "which a weights file never needs"
+#: bytes a tensor may take beyond its storage's when copied (a broadcast view: stride 0)
+MAX_EXPANDED_BYTES = 64 << 20
+#: most a zip record may inflate, per compressed byte (floating-point weights hardly compress)
+MAX_INFLATE_RATIO = 1000
 _KINDS = "biufc"  # bool, signed, unsigned, float, complex: every dtype a weight or an optimizer moment has
 
 
@@ -458,6 +466,11 @@ def _tensor_array(t: _Tensor, raw: Dict[str, np.ndarray], order: str) -> np.ndar
     if len(data) % elem.dtype.itemsize:
         raise _Corrupt(f"storage {st.key} of {len(data)} bytes does not hold whole {elem.name} elements")
     buf = data.view(elem.dtype.newbyteorder(order))
+    numel = int(np.prod(t.size, dtype=object)) if t.size else 1
+    nbytes = numel * buf.dtype.itemsize
+    if nbytes > max(len(data), 0) + MAX_EXPANDED_BYTES:
+        raise _Corrupt(f"a tensor of size {list(t.size)} and stride {list(t.stride)} would copy its "
+                       f"{len(buf)}-element storage {st.key} into {nbytes / 2**30:,.1f} GB")
     if 0 in t.size:
         arr = np.zeros(t.size, buf.dtype)
     else:
@@ -523,7 +536,7 @@ def _read_zip(path: str, zf: zipfile.ZipFile) -> Tuple[Any, Dict[str, np.ndarray
         if mark not in (b"little", b"big"):
             raise _Corrupt(f"unknown byte order {mark[:20]!r}")
         order = "<" if mark == b"little" else ">"
-    unpickler = _TorchUnpickler(io.BytesIO(zf.read(pkls[0])))
+    unpickler = _TorchUnpickler(io.BytesIO(_read_record(zf, pkls[0])))
     obj = _unpickle(unpickler, path, "PyTorch checkpoint")
     raw: Dict[str, np.ndarray] = {}
     for key, elem in unpickler.storages.items():
@@ -533,8 +546,32 @@ def _read_zip(path: str, zf: zipfile.ZipFile) -> Tuple[Any, Dict[str, np.ndarray
             raise _Corrupt(f"storage record {name} is missing")
         if zf.getinfo(name).file_size < nbytes:
             raise _Corrupt(f"storage record {name} has {zf.getinfo(name).file_size} bytes, needs {nbytes}")
-        raw[key] = np.frombuffer(zf.read(name), np.uint8)[:nbytes]
+        raw[key] = np.frombuffer(_read_record(zf, name, nbytes), np.uint8)[:nbytes]
     return obj, raw, order
+
+
+def _read_record(zf: zipfile.ZipFile, name: str, need: int = -1) -> bytes:
+    """The bytes of record ``name`` (the first ``need`` when ``need >= 0``), inflated 1 MiB at a time: a record
+    that inflates past its declared size, or to more than :data:`MAX_INFLATE_RATIO` times its compressed size,
+    is refused before it fills memory (``ZipFile.read`` inflates whatever the stream holds, then checks)."""
+    info = zf.getinfo(name)
+    declared = info.file_size
+    if info.compress_type != zipfile.ZIP_STORED and declared > MAX_INFLATE_RATIO * info.compress_size + (1 << 20):
+        raise _Corrupt(f"record {name} declares {declared:,} bytes from {info.compress_size:,} compressed "
+                       f"(over {MAX_INFLATE_RATIO}:1)")
+    want = declared if need < 0 else min(need, declared)
+    out = bytearray()
+    with zf.open(info) as fh:
+        while len(out) < want:
+            chunk = fh.read(min(1 << 20, want - len(out)))
+            if not chunk:
+                break
+            out += chunk
+        if need < 0 and fh.read(1):
+            raise _Corrupt(f"record {name} inflates past its declared {declared:,} bytes")
+    if len(out) < want:
+        raise _Corrupt(f"record {name} holds {len(out):,} bytes, declares {declared:,}")
+    return bytes(out)
 
 
 def load_torch(path: str) -> Any:

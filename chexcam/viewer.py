@@ -37,8 +37,8 @@ import yaml
 from tqdm import tqdm
 
 from . import viz
-from .data.io import read_image
-from .errors import BadImageError, ChexcamError
+from .data.io import read_image, read_json_file, read_maps_file
+from .errors import BadImageError, ChexcamError, DataError
 from .metrics.localization import iobb, iou, point_in_boxes
 
 logger = logging.getLogger(__name__)
@@ -124,10 +124,9 @@ def read_records(outdir: str) -> Iterator[Tuple[str, Dict[str, Any]]]:
             continue
         path = os.path.join(outdir, name)
         try:
-            with open(path, encoding="utf-8") as fh:
-                rec = json.load(fh)
-        except (OSError, ValueError) as exc:
-            logger.warning("viewer: skipped %s (%s)", path, exc)
+            rec = read_json_file(path)
+        except DataError as exc:
+            logger.warning("viewer: skipped: %s", exc)
             continue
         if isinstance(rec, dict) and isinstance(rec.get("classes"), dict) and rec["classes"] and "image" in rec:
             yield name[:-5], rec
@@ -254,14 +253,13 @@ def _build_assets(outdir: str, stem: str, rec: Dict[str, Any], settings: Dict[st
         strip, mode = None, ""
         if has_npz:
             try:
-                with np.load(npz) as z:
-                    maps = np.asarray(z["maps"], dtype=np.float32)
-                if len(maps) == len(labels):
+                maps = read_maps_file(npz)
+                if maps.ndim == 3 and len(maps) == len(labels):
                     src = view if view is not None else np.zeros((max(h, 1), max(w, 1), 3), np.uint8)
                     mh, mw = _fit(src, MAP_SIDE).shape[:2]
                     strip, mode = _heat_strip(maps, (mw, mh), settings["colormap"]), "heat"
-            except (OSError, ValueError, KeyError) as exc:
-                logger.warning("viewer: cannot read %s (%s)", npz, exc)
+            except DataError as exc:
+                logger.warning("viewer: %s", exc)
         if strip is None and cut is not None and all(t is not None for t in cut[1]):
             tiles, mode = cut[1], "mosaic"
             alpha = float(settings["alpha"])

@@ -78,6 +78,12 @@ def check_fits(model: nn.Layer, state: Dict[str, Any], path: str, strict: bool =
     if mis:
         raise WeightsError(f"weights {path} do not fit the model: shape mismatch at {'; '.join(mis[:3])}"
                            + (f" and {len(mis) - 3} more" if len(mis) > 3 else ""))
+    types = [f"{k} is {_dtype_name(state[k])}, the model's {_dtype_name(own[k])}" for k in own
+             if k in state and _dtype_name(state[k]) != _dtype_name(own[k])]
+    if types:  # paddle would fail on them with an assertion (float64, int8...) or a ValueError (uint64)
+        raise WeightsError(f"weights {path} do not fit the model: another dtype at {'; '.join(types[:3])}"
+                           + (f" and {len(types) - 3} more" if len(types) > 3 else "")
+                           + "; convert them to the model's dtype")
     if strict and (missing or unexpected):
         parts = []
         if missing:
@@ -86,6 +92,16 @@ def check_fits(model: nn.Layer, state: Dict[str, Any], path: str, strict: bool =
             parts.append(f"{len(unexpected)} unexpected (e.g. {', '.join(unexpected[:3])})")
         raise WeightsError(f"weights {path} do not fit the model: {'; '.join(parts)}")
     return own, missing
+
+
+def _dtype_name(value: Any) -> str:
+    """``float32``, ``int64``...: the element type of a numpy array or a paddle tensor (``?`` without one)."""
+    dtype = getattr(value, "dtype", None)
+    if dtype is None:
+        return type(value).__name__
+    if isinstance(dtype, np.dtype):
+        return dtype.name
+    return str(dtype).replace("paddle.", "")
 
 
 def save_atomic(obj: Any, path: str) -> str:

@@ -838,3 +838,141 @@ def test_output_dir_inside_the_input_glob_is_not_read_back(tmp_path):
         assert code == 0, lines
         summary = __import__("json").load(open(d / "out" / "cam" / "summary.json"))
         assert summary["images"] == 2
+
+
+@pytest.mark.parametrize("field, value, needle", [
+    ("epoch", "x", "its 'epoch' must be a whole number >= 0, got str 'x'"),
+    ("epoch", -5, "its 'epoch' must be a whole number >= 0, got int -5"),
+    ("config", [1, 2], "its 'config' must be a mapping, got list"),
+    ("history", "abc", "its 'history' must be a list"),
+    ("bad_epochs", 1.5, "its 'bad_epochs' must be a whole number"),
+    ("scheduler", [1, 2, 3], "its 'scheduler' must be a mapping"),
+    ("optimizer", {"garbage": "x"}, "its optimizer or scheduler state does not fit"),
+])
+def test_resume_checkpoint_fields_are_checked_before_use(tmp_path, trained, capsys, field, value, needle):
+    csv_path, first = trained
+    out = str(tmp_path / "run")
+    shutil.copytree(first, out)
+    ckpt = read_checkpoint(os.path.join(out, "last.pdparams"))
+    ckpt[field] = value
+    paddle.save(ckpt, os.path.join(out, "last.pdparams"))
+    code, lines = run_cli("train", MALARIA, tiny_overrides(csv_path, out, **{"train.epochs": 2}), capsys)
+    assert code == 2
+    assert_one_error_line(lines, "cannot resume from", "last.pdparams", needle)
+
+
+def test_resuming_a_finished_run_says_there_is_nothing_to_train(tmp_path, trained, capsys):
+    csv_path, first = trained
+    out = str(tmp_path / "run")
+    shutil.copytree(first, out)
+    before = snapshot(out)
+    code, lines = run_cli("train", MALARIA, tiny_overrides(csv_path, out, **{"train.epochs": 1}), capsys)
+    assert code == 2
+    assert_one_error_line(lines, "nothing to train", "finished 1 epoch(s)", "train.epochs=1", "output_dir=",
+                          "train.auto_resume=false")
+    after = snapshot(out)
+    assert {k: after[k] for k in before if k != "train.log"} == {k: before[k] for k in before if k != "train.log"}
+
+
+@pytest.mark.parametrize("dtype", ["float64", "float16", "int8", "bool", "complex64", "uint64"])
+def test_weights_of_another_dtype_are_one_line(tmp_path, trained, dtype):
+    csv_path, first = trained
+    ckpt = read_checkpoint(os.path.join(first, "best.pdparams"))
+    ckpt["model"] = {k: np.asarray(v).astype(dtype) for k, v in ckpt["model"].items()}
+    path = str(tmp_path / "w.pdparams")
+    paddle.save(ckpt, path)
+    code, lines, _ = run_limited("infer_cam", MALARIA, tiny_overrides(csv_path, str(tmp_path / "o")) + [
+        f"model.weights={path}", f"infer.input={os.path.dirname(csv_path)}/img/test_0.png"])
+    assert code == 2
+    assert_one_error_line(lines, "w.pdparams", f"is {dtype}, the model's float32")
+
+
+def _torch_zip(path, records):
+    """A zip laid out as torch.save writes it (``archive/data.pkl`` and data records)."""
+    import zipfile as zf
+
+    with zf.ZipFile(path, "w") as z:
+        for name, data, method in records:
+            z.writestr(zf.ZipInfo(name), data, compress_type=method)
+    return str(path)
+
+
+def test_torch_zip_stride_0_tensor_and_inflating_record_within_memory(tmp_path):
+    torch = pytest.importorskip("torch", reason="a stride-0 tensor is made by torch (the [parity] extra)")
+    from chexcam.serialization import load
+
+    t = torch.zeros(1).expand(40000, 40000)  # 6.4 GB once copied, one element stored
+    path = str(tmp_path / "expand.pth")
+    torch.save({"w": t}, path)
+    tracemalloc.start()
+    with pytest.raises(chexcam.errors.WeightsError, match=r"expand\.pth.*size \[40000, 40000\] and stride \[0, 0\]"):
+        load(path)
+    # a record that declares 16 bytes and inflates to 256 MiB
+    import zipfile as zf
+
+    comp = zlib.compressobj(1, zlib.DEFLATED, -15)
+    stream = b"".join(comp.compress(b"\0" * (1 << 24)) for _ in range(16)) + comp.flush()
+    bomb = tmp_path / "bomb.pth"
+    _torch_zip(bomb, [("archive/data.pkl", b"\0" * 16, zf.ZIP_DEFLATED)])
+    raw = bomb.read_bytes()
+    # swap the 16 bytes' deflate stream for the big one, keeping the declared sizes of 16
+    small = zlib.compressobj(9, zlib.DEFLATED, -15)
+    small_stream = small.compress(b"\0" * 16) + small.flush()
+    i = raw.index(small_stream)
+    raw = raw[:i] + stream + raw[i + len(small_stream):]
+    raw = raw.replace(struct.pack("<L", len(small_stream)), struct.pack("<L", len(stream)))
+    cd = raw.rfind(b"PK\x05\x06")
+    offset = struct.unpack("<L", raw[cd + 16:cd + 20])[0] + len(stream) - len(small_stream)
+    bomb.write_bytes(raw[:cd + 16] + struct.pack("<L", offset) + raw[cd + 20:])
+    with pytest.raises(chexcam.errors.WeightsError, match="bomb.pth"):
+        load(str(bomb))
+    _, peak = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    assert peak < 64 << 20, peak
+
+
+@pytest.fixture(scope="module")
+def saved_outputs(tmp_path_factory):
+    """An infer_cam.py folder with records and maps of two images (the tiny chest network)."""
+    base = tmp_path_factory.mktemp("saved")
+    for i in range(2):
+        cv2.imwrite(str(base / f"x{i}.png"), np.random.default_rng(i).integers(0, 255, (70, 60), np.uint8))
+    over = CHEST_TINY + [f"infer.input={base}/*.png", f"output_dir={base}/out", "infer.save_npz=true"]
+    code, lines, _ = run_limited("infer_cam", CHEST, over, timeout=120)
+    assert code == 0, lines
+    return str(base / "out" / "cam")
+
+
+@pytest.mark.parametrize("case", ["not_json", "a_list", "object_npz", "fifo_record", "fifo_npz"])
+def test_saved_outputs_that_are_broken_or_hostile(tmp_path, saved_outputs, case):
+    folder = str(tmp_path / "cam")
+    shutil.copytree(saved_outputs, folder)
+    rec = os.path.join(folder, "x0.json")
+    npz = os.path.join(folder, "x0_maps.npz")
+    if case == "not_json":
+        open(rec, "w").write("{not json")
+    elif case == "a_list":
+        open(rec, "w").write("[1, 2, 3]")
+    elif case == "object_npz":
+        np.savez(npz, maps=np.array([{"a": 1}], dtype=object), allow_pickle=True)
+    elif case == "fifo_record":
+        os.remove(rec)
+        os.mkfifo(rec)
+    else:
+        os.remove(npz)
+        os.mkfifo(npz)
+    name = "x0_maps.npz" if "npz" in case else "x0.json"
+    code, lines, seconds = run_limited("render_mosaic", CHEST, CHEST_TINY, extra=["--source", folder, "--out",
+                                                                               str(tmp_path / "s.png")])
+    assert code == 2 and seconds < 60
+    assert_one_error_line(lines, name)
+    code, lines, seconds = run_limited("make_viewer", CHEST, CHEST_TINY, extra=[folder])
+    assert code == 0 and seconds < 60 and not any("Traceback" in ln for ln in lines), lines
+    assert os.path.isfile(os.path.join(folder, "index.html"))
+
+
+def test_a_sheet_too_large_is_refused_before_drawing(tmp_path, saved_outputs):
+    code, lines, seconds = run_limited("render_mosaic", CHEST, CHEST_TINY, extra=[
+        "--source", saved_outputs, "--tile", "100000", "--out", str(tmp_path / "s.png")])
+    assert code == 2 and seconds < 60
+    assert_one_error_line(lines, "the sheet would be", "lower --tile")

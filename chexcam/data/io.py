@@ -371,6 +371,65 @@ def open_regular(path: str, what: str = "image"):
 
 
 # ---------------------------------------------------------------------------------------------
+# saved outputs: JSON records and map arrays, as untrusted as any input
+
+#: the largest JSON record or map file read back (a record is a few kB; maps of 14 classes at 1024 px, 60 MB)
+MAX_SAVED_BYTES = 256 << 20
+
+
+def read_json_file(path: str, what: str = "JSON record"):
+    """The JSON value in ``path``, a regular UTF-8 file of at most :data:`MAX_SAVED_BYTES`.
+
+    Raises:
+        DataError: not a regular file (a FIFO would block), too large, unreadable, not UTF-8 or not JSON (one
+            line naming ``path``; exit status 1 when the system refused or the text is not UTF-8).
+    """
+    import json
+
+    try:
+        with open_regular(path, what) as fh:
+            size = os.fstat(fh.fileno()).st_size
+            if size > MAX_SAVED_BYTES:
+                raise DataError(f"cannot read {what} {path}: {size:,} bytes, over {MAX_SAVED_BYTES:,}")
+            text = fh.read(MAX_SAVED_BYTES + 1).decode("utf-8")
+        return json.loads(text)
+    except OSError as exc:
+        raise DataError(f"cannot read {what} {path}: {exc.strerror or exc}", exit_code=EXIT_ENVIRONMENT) from None
+    except UnicodeDecodeError as exc:
+        raise DataError(f"cannot read {what} {path}: not UTF-8 text (byte {exc.start})",
+                        exit_code=EXIT_ENVIRONMENT) from None
+    except (ValueError, RecursionError) as exc:  # json.JSONDecodeError is a ValueError
+        raise DataError(f"cannot read {what} {path}: not JSON ({str(exc).splitlines()[0][:120]})") from None
+
+
+def read_maps_file(path: str, key: str = "maps") -> np.ndarray:
+    """The float32 array ``key`` of a saved ``.npz`` (no pickled objects, at most :data:`MAX_SAVED_BYTES` once
+    read).
+
+    Raises:
+        DataError: not a regular file, not an npz, an object array, no ``key``, not numbers, or too large.
+    """
+    import zipfile
+
+    try:
+        with open_regular(path, "map file") as fh, np.load(fh, allow_pickle=False) as z:
+            if key not in z.files:
+                raise DataError(f"cannot read map file {path}: no '{key}' array (it has {', '.join(z.files) or 'none'})")
+            info = z.zip.getinfo(f"{key}.npy")
+            if info.file_size > MAX_SAVED_BYTES:
+                raise DataError(f"cannot read map file {path}: '{key}' is {info.file_size:,} bytes, over "
+                                f"{MAX_SAVED_BYTES:,}")
+            arr = z[key]
+    except OSError as exc:
+        raise DataError(f"cannot read map file {path}: {exc.strerror or exc}", exit_code=EXIT_ENVIRONMENT) from None
+    except (ValueError, KeyError, EOFError, zipfile.BadZipFile) as exc:  # object arrays, a broken archive
+        raise DataError(f"cannot read map file {path}: {str(exc).splitlines()[0][:120] if str(exc) else type(exc).__name__}") from None
+    if arr.dtype.kind not in "biuf":
+        raise DataError(f"cannot read map file {path}: '{key}' holds {arr.dtype} values, not numbers")
+    return arr.astype(np.float32, copy=False)
+
+
+# ---------------------------------------------------------------------------------------------
 # lists of images: the one reader of image lists and folders
 
 IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff") + DICOM_EXTS

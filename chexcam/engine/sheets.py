@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 from typing import Iterable, Iterator, List, Optional, Sequence
@@ -11,8 +10,8 @@ import numpy as np
 
 from .. import viz
 from ..cam import resolve_classes
-from ..config import Config
-from ..data.io import read_image
+from ..config import DEFAULT_MAX_PIXELS, Config
+from ..data.io import read_image, read_json_file, read_maps_file
 from ..errors import BadImageError, ChexcamError
 from .infer import Explained, Item, explain_images, explainer_from_config, load_model, resolve_inputs
 
@@ -34,26 +33,36 @@ def _saved_results(cfg: Config, folder: str) -> Iterator[Explained]:
     for f in records:
         stem = f[:-5]
         npz = os.path.join(folder, f"{stem}_maps.npz")
-        with open(os.path.join(folder, f), encoding="utf-8") as fh:
-            rec = json.load(fh)
-        if "classes" not in rec:
-            continue
+        path = os.path.join(folder, f)
+        rec = read_json_file(path)
+        if not isinstance(rec, dict) or "classes" not in rec:
+            if isinstance(rec, dict):
+                continue  # another tool's JSON (metrics.json, ...)
+            raise ChexcamError(f"{path} is not a record of infer_cam.py: a JSON {type(rec).__name__}, not an object")
+        if not isinstance(rec["classes"], dict) or not isinstance(rec.get("image"), str):
+            raise ChexcamError(f"{path} is not a record of infer_cam.py: no 'classes' mapping or 'image' path")
         if not os.path.isfile(npz):
             raise ChexcamError(f"{npz} not found: run infer_cam.py with -o infer.save_npz=true to render from outputs")
         if list(rec["classes"]) != labels:
-            raise ChexcamError(f"{os.path.join(folder, f)} has classes {list(rec['classes'])}, the config {labels}")
+            raise ChexcamError(f"{path} has classes {list(rec['classes'])}, the config {labels}")
         try:
             img = read_image(rec["image"], cfg.data.max_pixels)
         except BadImageError as exc:
             logger.warning("skipped: %s", exc)
             continue
-        with np.load(npz) as z:
-            maps = z["maps"].astype(np.float32)
+        maps = read_maps_file(npz)
+        if maps.ndim != 3 or len(maps) != len(labels):
+            raise ChexcamError(f"{npz}: 'maps' has shape {list(maps.shape)}, expected [{len(labels)}, H, W]")
         c = rec["classes"]
-        target = np.array([rec["target"][n] for n in labels], np.float32) if "target" in rec else None
-        yield Explained(Item(rec["image"], target), img, np.array([c[n]["probability"] for n in labels]), maps,
-                        [np.array(c[n]["boxes"], dtype=np.float64).reshape(-1, 4) for n in labels],
-                        [np.array(c[n]["box_scores"]) for n in labels], [tuple(c[n]["peak"]) for n in labels])
+        try:
+            target = np.array([rec["target"][n] for n in labels], np.float32) if "target" in rec else None
+            yield Explained(Item(rec["image"], target), img, np.array([c[n]["probability"] for n in labels],
+                                                                         dtype=np.float64), maps,
+                            [np.array(c[n]["boxes"], dtype=np.float64).reshape(-1, 4) for n in labels],
+                            [np.array(c[n]["box_scores"], dtype=np.float64) for n in labels],
+                            [tuple(float(v) for v in c[n]["peak"]) for n in labels])
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            raise ChexcamError(f"{path} is not a record of infer_cam.py: {type(exc).__name__} {exc}"[:300]) from None
 
 
 def render_sheet(cfg: Config, classes: Optional[Sequence[str]] = None, limit: int = 16, truth: str = "any",
@@ -74,6 +83,10 @@ def render_sheet(cfg: Config, classes: Optional[Sequence[str]] = None, limit: in
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise ChexcamError(f"{name} must be a whole number >= 1, got {value!r}")
     idx = _class_indices(cfg, classes)
+    pixels = limit * (1 + 2 * len(idx)) * tile * tile  # the sheet: rows x (original + map and boxes per class)
+    if pixels > DEFAULT_MAX_PIXELS:
+        raise ChexcamError(f"the sheet would be {pixels:,} pixels ({limit} rows x {1 + 2 * len(idx)} tiles of {tile} px),"
+                           f" over {DEFAULT_MAX_PIXELS:,}: lower --tile, --limit or the number of --classes")
     if source:
         if not os.path.isdir(source):
             raise ChexcamError(f"saved outputs folder not found: {source}")

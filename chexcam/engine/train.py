@@ -31,7 +31,7 @@ import numpy as np
 import paddle
 
 from ..config import Config, config_to_dict, save_config
-from ..data.datasets import ImageDataset, build_split, build_splits, iterate, make_loader
+from ..data.datasets import ImageDataset, build_split, build_splits, iterate, make_loader, one_line
 from ..errors import ChexcamError
 from ..losses import build_loss, pos_weight_from_targets
 from ..metrics.classification import bce_loss, mean_auroc, per_class_auroc
@@ -263,22 +263,62 @@ def _resume(cfg: Config, parts: _Parts) -> _Progress:
     if not path:
         return _Progress()
     ckpt = read_checkpoint(path)
+    _check_fields(ckpt, path)
     _check_resumable(cfg, parts.model, ckpt, path)
+    done = int(ckpt.get("epoch", -1)) + 1
+    if done >= cfg.train.epochs:  # a finished run: nothing to train, and a silent exit 0 would look like training
+        raise ChexcamError(f"nothing to train: {path} has finished {done} epoch(s) and train.epochs={cfg.train.epochs}; "
+                           f"raise train.epochs to continue it, or start afresh with -o output_dir=NEW_FOLDER (or "
+                           "-o train.auto_resume=false to overwrite this one)")
     parts.model.set_state_dict(state_dict_of(ckpt))
     bad = _first_non_finite(parts.model)
     if bad is not None:
         raise TrainingDiverged(f"cannot resume from {path}: its weights are not finite ({bad}); resume from an "
                                f"earlier checkpoint with -o train.resume=PATH or start over in another output_dir")
-    if "optimizer" in ckpt:
-        parts.opt.set_state_dict(_rename_opt_state(ckpt["optimizer"], ckpt.get("param_names", {}), parts.model))
-    if parts.sched is not None and ckpt.get("scheduler"):
-        parts.sched.set_state_dict(ckpt["scheduler"])
-    state = _Progress(start_epoch=int(ckpt.get("epoch", -1)) + 1, history=list(ckpt.get("history", [])),
+    try:  # paddle checks little of a state dict: a wrong one fails deep inside with a TypeError or RuntimeError
+        if "optimizer" in ckpt:
+            parts.opt.set_state_dict(_rename_opt_state(ckpt["optimizer"], ckpt.get("param_names", {}), parts.model))
+        if parts.sched is not None and ckpt.get("scheduler"):
+            parts.sched.set_state_dict(ckpt["scheduler"])
+    except (TypeError, ValueError, KeyError, AttributeError, RuntimeError, AssertionError) as exc:
+        raise ChexcamError(f"cannot resume from {path}: its optimizer or scheduler state does not fit this run "
+                           f"({one_line(exc)[:200]}); start afresh in another output_dir") from None
+    state = _Progress(start_epoch=done, history=list(ckpt.get("history", [])),
                       best=dict(ckpt.get("best", _Progress().best)), bad_epochs=int(ckpt.get("bad_epochs", 0)),
                       skipped=dict(ckpt.get("skipped", {})))
     logger.info("resumed from %s: %d epoch(s) done, continuing at epoch %d", path, state.start_epoch,
                 state.start_epoch + 1)
     return state
+
+
+#: the progress fields of a checkpoint and the types a resume needs them to have
+_FIELDS = {"epoch": int, "history": list, "best": dict, "bad_epochs": int, "skipped": dict, "config": dict,
+           "optimizer": dict, "scheduler": dict, "param_names": dict}
+
+
+def _check_fields(ckpt: Dict[str, Any], path: str) -> None:
+    """One line naming the first progress field of ``ckpt`` that has the wrong type or value (an ``epoch`` of
+    ``"x"`` or ``-5``, a ``config`` that is a list), before anything is restored from it."""
+    for key, kind in _FIELDS.items():
+        value = ckpt.get(key)
+        if value is None:
+            continue
+        if kind is int:
+            ok = isinstance(value, (int, np.integer)) and not isinstance(value, bool) and value >= 0
+        else:
+            ok = isinstance(value, kind)
+        if not ok:
+            want = {int: "a whole number >= 0", list: "a list", dict: "a mapping"}[kind]
+            raise ChexcamError(f"cannot resume from {path}: its '{key}' must be {want}, got {_brief(value)}; "
+                               "resume from another checkpoint with -o train.resume=PATH or start afresh in another "
+                               "output_dir")
+    if any(not isinstance(row, dict) for row in ckpt.get("history") or []):
+        raise ChexcamError(f"cannot resume from {path}: its 'history' must be a list of mappings")
+
+
+def _brief(value: Any) -> str:
+    text = repr(value)
+    return f"{type(value).__name__} {text[:40]}{'...' if len(text) > 40 else ''}"
 
 
 def _check_resumable(cfg: Config, model: paddle.nn.Layer, ckpt: Dict[str, Any], path: str) -> None:
