@@ -13,6 +13,7 @@ import argparse
 import errno
 import logging
 import math
+import os
 import signal
 import sys
 import threading
@@ -24,6 +25,8 @@ from .errors import EXIT_ENVIRONMENT, ChexcamError
 from .utils import setup_logging
 
 EXIT_SIGTERM = 128 + signal.SIGTERM
+#: seconds after which a SIGTERM is raised again while the tool still runs (its clean-up takes less)
+SIGTERM_REPEAT_S = 2.0
 
 
 class Terminated(KeyboardInterrupt):
@@ -84,12 +87,30 @@ def run_tool(
     parser = parser or build_parser(description)
     args = parser.parse_args(argv)
     previous = _UNSET
+    term: dict = {}  # this call's SIGTERM state: received, and the timer that repeats it
+    unraisable = sys.unraisablehook
+
+    def quiet_after_sigterm(info):
+        # once terminated, a library's clean-up that the signal interrupts (a __del__, an at-fork hook) is not
+        # news: the one line below says what happened
+        if not term.get("received"):
+            unraisable(info)
+
+    sys.unraisablehook = quiet_after_sigterm
     try:
         cfg = load_config(args.config, args.override)
         setup_logging(logging.WARNING if args.quiet else logging.INFO)
-        previous = _handle_sigterm()
+        previous = _handle_sigterm(term)
         code = main(cfg, args)
+        if term.get("received"):  # swallowed on the way (a bare except in a library): still a termination
+            raise Terminated()
         return int(code or 0)
+    except SystemError as exc:
+        # paddle's DataLoader reports its workers killed by the same SIGTERM as a SystemError
+        if not term.get("received"):
+            raise
+        del exc
+        return _fail("terminated by SIGTERM; files already written are complete", EXIT_SIGTERM)
     except ChexcamError as exc:
         # the tool's own one-line verdict on stderr, written before any logging may be set up
         return _fail(str(exc), exc.exit_code)
@@ -106,6 +127,11 @@ def run_tool(
         sys.stderr.write("interrupted\n")
         return 130
     finally:
+        timer = term.get("timer")
+        if timer is not None:
+            timer.cancel()
+        if not term.get("received"):  # else the hook stays for the objects collected at exit
+            sys.unraisablehook = unraisable
         if previous is not _UNSET:
             signal.signal(signal.SIGTERM, signal.SIG_DFL if previous is None else previous)
 
@@ -140,11 +166,14 @@ def describe_os_error(exc: OSError) -> str:
 _UNSET = object()
 
 
-def _handle_sigterm():
+def _handle_sigterm(term: dict):
     """Make SIGTERM raise :class:`Terminated`; returns the handler it replaced (``_UNSET`` off the main thread).
 
     Paddle installs glog's failure handler for SIGTERM when imported (a C++ stack dump, then abort), so
-    paddle is imported first and Python's handler replaces it.
+    paddle is imported first and Python's handler replaces it. ``term["received"]`` records the signal, and
+    it is raised again every :data:`SIGTERM_REPEAT_S` seconds until the tool ends: a library's bare ``except:``
+    (paddle's DataLoader has some) may swallow the first :class:`Terminated`, and a run must not go on
+    training after it.
     """
     if threading.current_thread() is not threading.main_thread():
         return _UNSET
@@ -154,6 +183,11 @@ def _handle_sigterm():
         pass
 
     def on_sigterm(signum, frame):
+        term["received"] = True
+        timer = threading.Timer(SIGTERM_REPEAT_S, os.kill, (os.getpid(), signal.SIGTERM))
+        timer.daemon = True
+        term["timer"] = timer
+        timer.start()
         raise Terminated()
 
     return signal.signal(signal.SIGTERM, on_sigterm)

@@ -976,3 +976,61 @@ def test_a_sheet_too_large_is_refused_before_drawing(tmp_path, saved_outputs):
         "--source", saved_outputs, "--tile", "100000", "--out", str(tmp_path / "s.png")])
     assert code == 2 and seconds < 60
     assert_one_error_line(lines, "the sheet would be", "lower --tile")
+
+
+@pytest.mark.parametrize("delay", [0.3, 1.7])
+def test_sigterm_to_the_process_group_with_loader_workers(tmp_path, trained, delay):
+    """SIGTERM to the whole group (the workers die too) at two moments after the first checkpoint: exit 143,
+    one line, no traceback, never training on (a bare ``except:`` in paddle's loader may swallow it once)."""
+    csv_path, _ = trained
+    out = str(tmp_path / "run")
+    args = [sys.executable, os.path.join(TOOLS, "train.py"), "-c", MALARIA, "-q"]
+    for o in tiny_overrides(csv_path, out, **{"train.epochs": 1000, "data.num_workers": 2}):
+        args += ["-o", o]
+    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    last = os.path.join(out, "last.pdparams")
+    deadline = time.time() + 120
+    while not os.path.exists(last) and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.1)
+    assert proc.poll() is None, proc.communicate()
+    time.sleep(delay)
+    os.killpg(proc.pid, signal.SIGTERM)
+    try:
+        _, err = proc.communicate(timeout=60)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.communicate()
+        pytest.fail("still running 60 s after SIGTERM")
+    lines = [ln for ln in err.splitlines() if ln.strip() and " WARNING " not in ln and "ccache" not in ln
+             and "warnings.warn" not in ln]
+    assert proc.returncode == 143, err[-3000:]
+    assert_one_error_line(lines, "SIGTERM")
+    assert "Traceback" not in err and "SystemError" not in err
+    assert read_checkpoint(last)["epoch"] >= 0
+
+
+def test_a_training_csv_naming_a_fifo_or_dev_zero_is_one_line(tmp_path):
+    folder = str(tmp_path / "d")
+    csv_path = make_csv_dataset(folder)
+    os.mkfifo(os.path.join(folder, "img", "fifo.png"))
+    os.symlink("/dev/zero", os.path.join(folder, "img", "zero.png"))
+    for name, needle in (("fifo.png", "is a FIFO"), ("zero.png", "character device")):
+        with open(csv_path) as fh:
+            text = fh.read()
+        path = os.path.join(folder, f"with_{name}.csv")
+        with open(path, "w") as fh:
+            fh.write(text + f"img/{name},1,p99,train\n")
+        code, lines, seconds = run_limited("train", MALARIA, tiny_overrides(path, str(tmp_path / name), **{
+            "train.epochs": 1, "data.num_workers": 2}))
+        assert code == 2 and seconds < 60
+        assert_one_error_line(lines, name, needle)
+
+
+def test_a_misspelled_box_finding_names_the_line_and_the_closest_name(tmp_path):
+    from chexcam.metrics.localization import read_bbox_csv
+
+    path = tmp_path / "BBox_List_2017.csv"
+    path.write_text("Image Index,Finding Label,Bbox [x,y,w,h],,,\na.png,Cardiomegaly,1,2,3,4\n"
+                    "b.png,Cardiomegally,1,2,3,4\n")
+    with pytest.raises(DataError, match=r"line 3: unknown finding 'Cardiomegally'; did you mean 'Cardiomegaly'"):
+        read_bbox_csv(str(path))

@@ -25,6 +25,8 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import numpy as np
 
 from ..errors import EXIT_ENVIRONMENT, DataError
+from ..labels import CHESTXRAY14_LABELS
+from ..utils import did_you_mean
 
 IOBB_THRESHOLDS = (0.1, 0.25, 0.5, 0.75, 0.9)
 IOU_THRESHOLDS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7)
@@ -79,7 +81,8 @@ def read_bbox_csv(path: str) -> Dict[str, List[Tuple[str, Box]]]:
     one title and three empty ones) and maps ``Infiltrate`` to ``Infiltration``.
 
     Raises:
-        DataError: missing file, or a row that is not ``name, finding, x, y, w, h`` (names the line).
+        DataError: missing file, a row that is not ``name, finding, x, y, w, h``, or a finding that is not a
+            ChestX-ray14 label, such as a misspelled one (names the line and the closest name).
     """
     try:
         fh = open(path, newline="", encoding="utf-8")
@@ -100,6 +103,9 @@ def read_bbox_csv(path: str) -> Dict[str, List[Tuple[str, Box]]]:
                 x, y, w, h = (float(v) for v in row[2:6])
             except (ValueError, IndexError):
                 raise DataError(f"{path} line {line}: expected 'image,finding,x,y,w,h', got {','.join(row)}") from None
+            if finding not in CHESTXRAY14_LABELS:  # its rows would match no class and be dropped without a word
+                raise DataError(f"{path} line {line}: unknown finding {row[1]!r}"
+                                f"{did_you_mean(finding, CHESTXRAY14_LABELS)} (expected one of {', '.join(BBOX_FINDINGS)})")
             if not all(math.isfinite(v) for v in (x, y, w, h)) or w <= 0 or h <= 0:
                 raise DataError(f"{path} line {line}: box {x},{y},{w},{h} is not a positive-size box")
             out[name].append((finding, (x, y, x + w, y + h)))
