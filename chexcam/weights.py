@@ -50,13 +50,18 @@ def state_dict_of(obj: Dict[str, Any]) -> Dict[str, Any]:
 
 
 def load_weights(model: nn.Layer, path: str, strict: bool = True) -> Dict[str, Any]:
-    """Load parameters into ``model``; missing, unexpected or mis-shaped keys are a WeightsError.
+    """Load parameters into ``model``; missing, unexpected, mis-shaped or mistyped keys and non-finite values
+    (NaN or inf: every probability and map would be NaN) are a WeightsError.
 
     Returns the whole checkpoint dict (so callers can read ``config``, ``epoch``...).
     """
     ckpt = read_checkpoint(path)
     state = state_dict_of(ckpt)
     own, missing = check_fits(model, state, path, strict)
+    bad = [k for k in own if k in state and np.asarray(state[k]).dtype.kind == "f" and not np.isfinite(state[k]).all()]
+    if bad:
+        raise WeightsError(f"weights {path} hold non-finite weights (NaN or inf) in {len(bad)} tensor(s), e.g. "
+                           f"{bad[0]}: the model cannot be used")
     model.set_state_dict({k: v for k, v in state.items() if k in own})
     logger.info("loaded weights from %s (%d tensors)", path, len(own) - len(missing))
     return ckpt

@@ -203,3 +203,12 @@ def test_the_app_tool_starts_with_its_defaults_and_serves_requests(xray_png, tmp
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
         log.close()
+
+
+def test_an_upload_whose_header_hides_its_size_is_refused_small(xray_app):
+    import struct
+
+    sof = b"\xff\xc0" + struct.pack(">HBHHB", 11, 8, 30000, 30000, 1) + b"\x01\x11\x00"
+    data = b"\xff\xd8\xff\xe0" + struct.pack(">H", 16) + b"JFIF\0\x01\x01\0\0\x01\0\x01\0\0" + b"\x00" + sof + b"\xff\xd9"
+    with pytest.raises(appmod.UploadError, match="30000x30000"):  # one extraneous byte before the frame header
+        xray_app.explain_bytes(data)

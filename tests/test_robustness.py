@@ -1034,3 +1034,17 @@ def test_a_misspelled_box_finding_names_the_line_and_the_closest_name(tmp_path):
                     "b.png,Cardiomegally,1,2,3,4\n")
     with pytest.raises(DataError, match=r"line 3: unknown finding 'Cardiomegally'; did you mean 'Cardiomegaly'"):
         read_bbox_csv(str(path))
+
+
+def test_non_finite_weights_name_the_file(tmp_path, trained):
+    csv_path, first = trained
+    ckpt = read_checkpoint(os.path.join(first, "best.pdparams"))
+    name = next(iter(ckpt["model"]))
+    ckpt["model"][name] = np.full_like(ckpt["model"][name], np.nan)
+    path = str(tmp_path / "nan.pdparams")
+    paddle.save(ckpt, path)
+    for tool, extra in (("infer_cam", [f"infer.input={os.path.dirname(csv_path)}/img/test_0.png"]), ("export", [])):
+        code, lines, _ = run_limited(tool, MALARIA, tiny_overrides(csv_path, str(tmp_path / tool)) + [
+            f"model.weights={path}"] + extra)
+        assert code == 2, (tool, lines)
+        assert_one_error_line(lines, "nan.pdparams", "non-finite weights", name)

@@ -323,12 +323,15 @@ def read_image(path: str, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
     _check_complete(path, data)
     try:
         img = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), cv2.IMREAD_UNCHANGED)
+        if img is None or img.size == 0:
+            raise BadImageError(f"cannot decode image (corrupt or not an image): {path}")
+        return to_rgb(img, path)
     except cv2.error as exc:  # e.g. over OpenCV's own size cap, or a decoder assertion
         reason = next((ln.strip() for ln in str(exc).splitlines() if "error:" in ln), "OpenCV error")
         raise BadImageError(f"cannot decode image {path}: {reason}") from None
-    if img is None or img.size == 0:
-        raise BadImageError(f"cannot decode image (corrupt or not an image): {path}")
-    return to_rgb(img, path)
+    except MemoryError:  # the machine has less free than data.max_pixels allows: name the file
+        raise BadImageError(f"out of memory decoding image {path} ({size[0]}x{size[1]} pixels); lower "
+                            "data.max_pixels or free memory", exit_code=EXIT_ENVIRONMENT) from None
 
 
 _KINDS = ((stat.S_ISFIFO, "a FIFO"), (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"),
