@@ -564,7 +564,7 @@ def validate(cfg: Config, where: str = "config") -> None:
     for key, value, ok, want in (
         ("infer.alpha", i.alpha, 0.0 <= i.alpha <= 1.0, "in [0, 1]"),
         ("infer.threshold", i.threshold, 0.0 <= i.threshold <= 1.0, "in [0, 1]"),
-        ("infer.tile", i.tile, i.tile >= 32, ">= 32"),
+        ("infer.tile", i.tile, 32 <= i.tile <= 4096, "in 32..4096 (a mosaic holds one tile per class and more)"),
         ("infer.png_compression", i.png_compression, 0 <= i.png_compression <= 9, "in 0..9 (zlib level)"),
         ("infer.workers", i.workers, i.workers >= 0, ">= 0 (0: one per CPU)"),
         ("localization.threshold", loc.threshold, 0.0 < loc.threshold <= 1.0, "in (0, 1]"),

@@ -707,6 +707,8 @@ def test_resize_target_is_bounded_before_allocating(tmp_path):
         load_config(CHEST, ["data.resize=100000"])
     with pytest.raises(ConfigError, match="eval.bootstrap"):
         load_config(CHEST, ["eval.bootstrap=1000000000"])
+    with pytest.raises(ConfigError, match="infer.tile"):
+        load_config(CHEST, ["infer.tile=100000"])
 
 
 def _hostile_folder(root):

@@ -313,7 +313,7 @@ def read_image(path: str, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
                                     "does not say its size in the first 64 kB")
             data = head + fh.read(max(0, file_bytes - len(head)) + 1)
     except OSError as exc:
-        raise BadImageError(f"cannot read image {path}: {exc.strerror}") from None
+        raise BadImageError(f"cannot read image {path}: {exc.strerror}", exit_code=EXIT_ENVIRONMENT) from None
     if size is None:  # a header beyond the first bytes (large JPEG metadata, a TIFF directory at the end)
         size = image_size(data)
         if size is None:  # OpenCV would decode it blindly, to whatever size it says
