@@ -162,6 +162,86 @@ class CamConfig:
     normalize: Literal["none", "minmax", "global"] = "minmax"
     relu: bool = False
     upsample: bool = True
+    layers: List[str] = field(default_factory=list)
+    fusion: Literal["mean", "layercam"] = "mean"
+    aug_smooth: bool = False
+    eigen_smooth: bool = False
+
+
+@dataclass
+class ScoreCamConfig:
+    batch_size: int = 32
+
+
+@dataclass
+class SSCamConfig:
+    batch_size: int = 32
+    num_samples: int = 35
+    std: float = 2.0
+    seed: int = 0
+
+
+@dataclass
+class ISCamConfig:
+    batch_size: int = 32
+    steps: int = 10
+
+
+@dataclass
+class AblationCamConfig:
+    batch_size: int = 32
+
+
+@dataclass
+class SmoothGradCamppConfig:
+    num_samples: int = 4
+    std: float = 0.3
+    seed: int = 0
+
+
+@dataclass
+class FinerCamConfig:
+    alpha: float = 1.0
+    comparisons: int = 3
+    base: Literal["gradcam", "gradcampp", "xgradcam", "hirescam", "gradcam_elementwise", "layercam"] = "gradcam"
+
+
+@dataclass
+class EigenCamConfig:
+    center: bool = False
+
+
+@dataclass
+class EigenGradCamConfig:
+    center: bool = True
+
+
+@dataclass
+class KpcaCamConfig:
+    kernel: Literal["linear", "poly", "rbf", "sigmoid", "cosine"] = "sigmoid"
+    gamma: Optional[float] = None
+
+
+@dataclass
+class DffConfig:
+    n_components: int = 5
+    seed: int = 0
+    max_iter: int = 200
+
+
+@dataclass
+class MethodsConfig:
+    """The options of the CAM methods that have any (``cam.method``: every tool; ``compare_methods.py``)."""
+    scorecam: ScoreCamConfig = field(default_factory=ScoreCamConfig)
+    sscam: SSCamConfig = field(default_factory=SSCamConfig)
+    iscam: ISCamConfig = field(default_factory=ISCamConfig)
+    ablationcam: AblationCamConfig = field(default_factory=AblationCamConfig)
+    smoothgradcampp: SmoothGradCamppConfig = field(default_factory=SmoothGradCamppConfig)
+    finercam: FinerCamConfig = field(default_factory=FinerCamConfig)
+    eigencam: EigenCamConfig = field(default_factory=EigenCamConfig)
+    eigengradcam: EigenGradCamConfig = field(default_factory=EigenGradCamConfig)
+    kpcacam: KpcaCamConfig = field(default_factory=KpcaCamConfig)
+    dff: DffConfig = field(default_factory=DffConfig)
 
 
 @dataclass
@@ -240,6 +320,7 @@ class Config:
     export: ExportConfig = field(default_factory=ExportConfig)
     localization: LocalizationConfig = field(default_factory=LocalizationConfig)
     lime: LimeConfig = field(default_factory=LimeConfig)
+    methods: MethodsConfig = field(default_factory=MethodsConfig)
     #: where the config was loaded from (not a key; set by load_config)
     source: Optional[str] = field(default=None, metadata={"internal": True})
 
@@ -556,6 +637,32 @@ def validate(cfg: Config, where: str = "config") -> None:
     ):
         if not ok:
             raise ConfigError(f"key '{key}' in {where} must be {want}, got {value!r}")
+    mt = cfg.methods
+    for key, value, lo, hi in (
+        ("methods.scorecam.batch_size", mt.scorecam.batch_size, 1, 4096),
+        ("methods.sscam.batch_size", mt.sscam.batch_size, 1, 4096),
+        ("methods.sscam.num_samples", mt.sscam.num_samples, 1, 10_000),
+        ("methods.sscam.std", mt.sscam.std, 0.0, 1e6),
+        ("methods.sscam.seed", mt.sscam.seed, 0, MAX_SEED),
+        ("methods.iscam.batch_size", mt.iscam.batch_size, 1, 4096),
+        ("methods.iscam.steps", mt.iscam.steps, 1, 10_000),
+        ("methods.ablationcam.batch_size", mt.ablationcam.batch_size, 1, 4096),
+        ("methods.smoothgradcampp.num_samples", mt.smoothgradcampp.num_samples, 1, 10_000),
+        ("methods.smoothgradcampp.std", mt.smoothgradcampp.std, 0.0, 1e6),
+        ("methods.smoothgradcampp.seed", mt.smoothgradcampp.seed, 0, MAX_SEED),
+        ("methods.finercam.comparisons", mt.finercam.comparisons, 1, 10_000),
+        ("methods.dff.n_components", mt.dff.n_components, 1, 4096),
+        ("methods.dff.seed", mt.dff.seed, 0, MAX_SEED),
+        ("methods.dff.max_iter", mt.dff.max_iter, 1, 100_000),
+    ):
+        if not lo <= value <= hi:
+            raise ConfigError(f"key '{key}' in {where} must be in [{lo}, {hi}], got {value!r}")
+    if cfg.cam.layers and cfg.cam.layer:
+        raise ConfigError(f"cam.layer and cam.layers are both set in {where}: cam.layers (maps fused across layers) "
+                          "replaces cam.layer; set one of them")
+    if cfg.cam.method == "lime" and (cfg.cam.layers or cfg.cam.aug_smooth or cfg.cam.eigen_smooth):
+        raise ConfigError(f"cam.method=lime in {where} perturbs the input and explains no layer: cam.layers, "
+                          "cam.aug_smooth and cam.eigen_smooth do not apply")
     if cfg.cam.method == "lime" and cfg.infer.ten_crop:
         raise ConfigError(f"cam.method=lime with infer.ten_crop=true in {where}: LIME explains one view of an "
                           "image (ten crops would cost ten times its num_samples forward passes); set "

@@ -1,4 +1,4 @@
-"""Which explanation to trust: CAM, Grad-CAM, Grad-CAM++ and LIME on one model and one split, in one table.
+"""Which explanation to trust: CAM methods and LIME (or every registered method) on one model and split, one table.
 
 Deletion/insertion AUC, Average Drop, Increase in Confidence, pointing game and T(IoBB) where boxes exist, the
 stain pointing game for malaria cells, ms per image; writes output_dir/compare/{report.md,results.json,curves.png}.
@@ -6,6 +6,7 @@ stain pointing game for malaria cells, ms per image; writes output_dir/compare/{
 Example (the malaria demo model on its held-out patients):
   python tools/compare_methods.py -c configs/malaria.yaml -o model.weights=output/malaria/best.pdparams
   python tools/compare_methods.py -c configs/malaria.yaml --methods cam,lime --lime segmentation=slic
+  python tools/compare_methods.py -c configs/malaria.yaml --methods all --limit 8
 """
 
 import sys
@@ -30,9 +31,10 @@ def lime_options(pairs):
 
 def main(cfg, args):
     options = lime_options(args.lime)
+    from chexcam.cam import list_cam_methods
     from chexcam.engine import compare
 
-    methods = [m for m in args.methods.split(",") if m]
+    methods = list_cam_methods() if args.methods.strip() == "all" else [m for m in args.methods.split(",") if m]
     result = compare.compare_methods(cfg, methods, split=args.split, limit=args.limit, lime_options=options)
     print(result["report"])
     print(f"report.md, results.json and curves.png in {result['output_dir']}")
@@ -41,7 +43,7 @@ def main(cfg, args):
 
 if __name__ == "__main__":
     p = build_parser(__doc__.splitlines()[0])
-    p.add_argument("--methods", default="cam,gradcam,gradcampp,lime", help="comma-separated methods to compare")
+    p.add_argument("--methods", default="cam,gradcam,gradcampp,lime", help="comma-separated methods to compare, or 'all' (every registered method)")
     p.add_argument("--split", choices=["train", "val", "test"], default=None, help="split (default: eval.split)")
     p.add_argument("--limit", type=positive_int, default=None, help="first N images with a positive label")
     p.add_argument("--lime", action="append", default=[], metavar="KEY=VALUE",

@@ -9,7 +9,7 @@ from paddle import nn
 
 from ..errors import ChexcamError
 from ..registry import CAM_METHODS
-from .base import BaseCAM
+from .base import BaseCAM, Pass
 
 
 def cam_maps(feats: paddle.Tensor, weight: paddle.Tensor) -> paddle.Tensor:
@@ -50,17 +50,21 @@ class CAM(BaseCAM):
     the global average of ``f``, the raw map is in logit units: ``mean_{x,y} M_c + b_c = logit_c``.
     """
 
-    def __init__(self, model: nn.Layer, target_layer=None):
-        super().__init__(model, target_layer)
+    def __init__(self, model: nn.Layer, target_layer=None, **options):
+        super().__init__(model, target_layer, **options)
         self.head = linear_head(model)
 
-    def class_maps(self, feats: paddle.Tensor, logits: paddle.Tensor, classes: List[int]) -> paddle.Tensor:
+    def class_maps(self, p: Pass, classes: List[int]) -> paddle.Tensor:
+        feats = p.feats
         weight = self.head.weight
         if feats.shape[1] != weight.shape[0]:
             raise ChexcamError(
-                f"layer '{self.layer_name}' has {feats.shape[1]} channels but the head expects "
+                f"layer '{p.layer_name}' has {feats.shape[1]} channels but the head expects "
                 f"{weight.shape[0]}; CAM must hook the layer that feeds global pooling"
             )
         if len(classes) != weight.shape[1]:
             weight = paddle.index_select(weight, paddle.to_tensor(classes, dtype="int64"), axis=1)
+        if self.eigen_smooth:  # the first component of w_{c,k} f_k instead of the sum over k
+            return paddle.stack([self.reduce(feats * weight[:, i].reshape([1, -1, 1, 1]))
+                                 for i in range(weight.shape[1])], axis=1)
         return cam_maps(feats, weight)

@@ -25,3 +25,23 @@ class GradCAM(BaseGradCAM):
 
     def channel_weights(self, feats: paddle.Tensor, grads: paddle.Tensor) -> paddle.Tensor:
         return grads.mean(axis=[2, 3])
+
+
+@CAM_METHODS.register("xgradcam")
+class XGradCAM(BaseGradCAM):
+    r"""XGrad-CAM (Fu et al., "Axiom-based Grad-CAM: Towards Accurate Visualization and Explanation of CNNs",
+    BMVC 2020).
+
+    Each gradient is weighted by the activation's share of its channel:
+
+        alpha_k^c = sum_{i,j} (A^k_{ij} / (sum_{a,b} A^k_{ab} + eps)) d y^c / d A^k_{ij},   eps = 1e-7
+        L^c(i, j) = sum_k alpha_k^c A^k_{ij}
+
+    (``eps`` as pytorch-grad-cam; a channel that is zero everywhere gets weight 0). On the last feature map of
+    a GAP + linear head the gradient is ``w_{c,k} / Z`` everywhere, so ``alpha_k^c = w_{c,k} / Z`` and
+    XGrad-CAM = Grad-CAM = CAM / Z.
+    """
+
+    def channel_weights(self, feats: paddle.Tensor, grads: paddle.Tensor) -> paddle.Tensor:
+        share = feats / (feats.sum(axis=[2, 3], keepdim=True) + 1e-7)
+        return (share * grads).sum(axis=[2, 3])

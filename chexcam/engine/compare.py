@@ -1,7 +1,9 @@
 """Which explanation to trust (``tools/compare_methods.py``): every method on one model and one split.
 
-For each method (``cam``, ``gradcam``, ``gradcampp``, ``lime``), on the ground-truth positive (image, class)
-pairs of a split of the configured data, with the maps of a :class:`chexcam.Explainer` built once per method:
+For each method (by default ``cam``, ``gradcam``, ``gradcampp``, ``lime``; any registered ones, or all of them:
+``tools/compare_methods.py --methods all``), on the ground-truth positive (image, class) pairs of a split of the
+configured data, with the maps of a :class:`chexcam.Explainer` built once per method (with its options from the
+config: ``cam.*`` and ``methods.<name>``, ``lime``):
 
 - **faithfulness** (:mod:`chexcam.metrics.faithfulness`): deletion AUC (lower is better) and insertion AUC
   (higher) of the class probability, 20 steps; Average Drop (lower) and Increase in Confidence (higher) with the
@@ -35,7 +37,7 @@ from tqdm import tqdm
 
 from .. import viz
 from ..boxes import boxes_for_maps, peak_point
-from ..cam import LimeResult
+from ..cam import LimeResult, list_cam_methods
 from ..config import Config, save_config
 from ..data import build_split
 from ..data.io import read_image
@@ -47,7 +49,7 @@ from ..metrics.localization import LocalizationTally, read_bbox_csv
 from ..postprocess import postprocess
 from ..serving import Explainer
 from ..utils import nan_to_null
-from .infer import lime_config, load_model
+from .infer import cam_layer_of, lime_config, load_model, method_config
 from .localization import _find_bbox_csv
 
 logger = logging.getLogger(__name__)
@@ -142,9 +144,10 @@ def compare_methods(cfg: Config, methods: Sequence[str] = METHODS, split: Option
     """
     split = split or cfg.eval.split
     cfg = _weights(cfg)
-    unknown = [m for m in methods if m not in METHODS]
+    known = list_cam_methods()
+    unknown = [m for m in methods if m not in known]
     if unknown:
-        raise ChexcamError(f"unknown method '{unknown[0]}' to compare; expected some of {', '.join(METHODS)}")
+        raise ChexcamError(f"unknown method '{unknown[0]}' to compare; expected some of {', '.join(known)} (or all)")
     samples = _positives(cfg, split, limit)
     tf = eval_transform(cfg)
     model = load_model(cfg)
@@ -155,12 +158,13 @@ def compare_methods(cfg: Config, methods: Sequence[str] = METHODS, split: Option
     gt = _box_truth(cfg) if not malaria else None
     kw = dict(engine=cfg.infer.engine, precision=cfg.export.precision, threads=cfg.export.cpu_threads,
               mkldnn=cfg.export.mkldnn, device="gpu" if cfg.device == "gpu" else None)
-    judge = Explainer(model, method="cam", **kw) if "cam" not in methods or cfg.cam.layer else None
+    layer = cam_layer_of(cfg)
+    judge = Explainer(model, method="cam", **kw) if "cam" not in methods or layer else None
     lime_opts = lime_config(cfg, lime_options)
     explainers = {}
     for m in methods:
-        opts = lime_opts if m == "lime" else {}
-        explainers[m] = Explainer(model, method=m, layer=None if m == "lime" else cfg.cam.layer, **kw, **opts)
+        opts = lime_opts if m == "lime" else method_config(cfg, m)
+        explainers[m] = Explainer(model, method=m, layer=None if m == "lime" else layer, **kw, **opts)
         logger.info("%s on the %s engine", m, explainers[m].engine)
     predict = (judge or explainers["cam"]).predict
     tallies = {m: _Tally(labels, tol) for m in methods}

@@ -37,7 +37,7 @@ from tqdm import tqdm
 
 from .. import viz
 from ..boxes import boxes_for_maps, search_grid
-from ..cam import LimeResult
+from ..cam import LimeResult, method_options
 from ..config import Config, save_config
 from ..data import build_split
 from ..data.io import list_images, read_image, read_list
@@ -182,6 +182,25 @@ def lime_config(cfg: Config, overrides: Optional[dict] = None) -> dict:
     return {**section, "mean": tuple(cfg.data.mean), "std": tuple(cfg.data.std), **(overrides or {})}
 
 
+def method_config(cfg: Config, method: str) -> dict:
+    """The keyword options of ``method`` from the config: LIME's from the ``lime`` section; for every CAM-family
+    method ``cam.aug_smooth``, ``cam.eigen_smooth`` and ``cam.fusion``, plus its own ``methods.<method>``
+    section where it has one (Score-CAM's ``batch_size``, SS-CAM's noise, IS-CAM's steps, ...)."""
+    if method == "lime":
+        return lime_config(cfg)
+    allowed = method_options(method)  # an unknown method is one line listing the registered ones
+    opts = {"aug_smooth": cfg.cam.aug_smooth, "eigen_smooth": cfg.cam.eigen_smooth, "fusion": cfg.cam.fusion}
+    section = getattr(cfg.methods, method, None)
+    if section is not None:
+        opts.update(dataclasses.asdict(section))
+    return {k: v for k, v in opts.items() if k in allowed}
+
+
+def cam_layer_of(cfg: Config):
+    """``cam.layers`` (fused) if set, else ``cam.layer`` (``None``: the model's own ``cam_layer``)."""
+    return list(cfg.cam.layers) if cfg.cam.layers else cfg.cam.layer
+
+
 def explainer_from_config(cfg: Config, model, method: Optional[str] = None) -> Explainer:
     """The run's :class:`chexcam.Explainer`: ``cam.method``/``cam.layer`` (or ``method`` with the model's own
     layer) on ``infer.engine``, with the ``export`` section's predictor settings (threads, oneDNN, precision,
@@ -192,9 +211,9 @@ def explainer_from_config(cfg: Config, model, method: Optional[str] = None) -> E
     world = int(os.environ.get("PADDLE_TRAINERS_NUM", "1"))
     if not threads and world > 1 and device is None:
         threads = max(1, cpu_count() // world)
-    layer = cfg.cam.layer if method is None else None
+    layer = cam_layer_of(cfg) if method is None else None
     method = method or cfg.cam.method
-    options = lime_config(cfg) if method == "lime" else {}
+    options = method_config(cfg, method)
     ex = Explainer(model, method=method, engine=cfg.infer.engine, precision=cfg.export.precision,
                    layer=layer, device=device, threads=threads,
                    mkldnn=cfg.export.mkldnn, tensorrt=cfg.export.tensorrt, **options)

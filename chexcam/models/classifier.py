@@ -38,7 +38,8 @@ class GapLinearClassifier(nn.Layer):
         return self.backbone(x)
 
     def forward_head(self, f: paddle.Tensor) -> paddle.Tensor:
-        return self.head(paddle.flatten(self.global_pool(f), start_axis=1))
+        # reshape, not flatten: paddle's flatten has no double backward (ShapleyCAM's Hessian-vector product)
+        return self.head(paddle.reshape(self.global_pool(f), [0, -1]))
 
     def forward(self, x: paddle.Tensor) -> paddle.Tensor:
         return self.forward_head(self.forward_features(x))

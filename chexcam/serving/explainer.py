@@ -33,9 +33,14 @@ from .predictor import PRECISIONS, Predictor, cpu_has_bf16
 logger = logging.getLogger(__name__)
 
 ENGINES = ("auto", "dynamic", "predictor")
-#: methods the predictor serves: ``cam`` (its exported graph holds the CAM) and ``lime`` (the predictor's
-#: probabilities are LIME's forward passes; the CAM output is ignored)
-PREDICTOR_METHODS = ("cam", "lime")
+
+
+def predictor_methods() -> List[str]:
+    """Methods the predictor serves: ``cam`` (its exported graph holds the CAM), ``lime`` (the predictor's
+    probabilities are LIME's forward passes) and the methods whose class says ``serves_forwards`` (the Score-CAM
+    family: the masked images go through the predictor; the feature map comes from one dynamic-graph forward).
+    The graph's CAM output is ignored by all but ``cam``."""
+    return ["cam", "lime"] + [n for n in CAM_METHODS.names() if getattr(CAM_METHODS.get(n), "serves_forwards", False)]
 #: relative tolerance of the construction-time check (max abs difference / max abs reference value)
 RTOL = {"fp32": 1e-5, "bf16": 5e-2}
 #: the input of the construction-time check: two seeded images at this size
@@ -114,8 +119,9 @@ class Explainer:
 
     Args:
         model: a chexcam model, or any Layer returning logits for the gradient methods and LIME.
-        method: a registered method. ``cam`` and ``lime`` run on the predictor; the gradient methods run the
-            snapshot's dynamic graph.
+        method: a registered method. ``cam`` and ``lime`` run on the predictor, and so do the masked forwards of
+            the Score-CAM family (``scorecam``, ``sscam``, ``iscam``; :func:`predictor_methods`); the gradient
+            methods, Ablation-CAM, the eigen methods and DFF run the snapshot's dynamic graph.
         engine: ``"predictor"`` (Paddle Inference; an error when it cannot serve the model), ``"dynamic"``
             (the snapshot's dynamic graph, exactly what :func:`chexcam.explain` runs) or ``"auto"`` (the
             predictor wherever the model can be exported; otherwise the dynamic graph, with a WARNING that
@@ -174,19 +180,23 @@ class Explainer:
         if why is not None:
             if self.requested_engine == "predictor" or self.precision != "fp32":
                 raise ChexcamError(f"the predictor engine cannot serve this model: {why}")
-            if self.requested_engine == "auto" and self.method in PREDICTOR_METHODS:
+            if self.requested_engine == "auto" and self.method in predictor_methods():
                 logger.warning("Explainer uses the dynamic graph, not the predictor: %s", why)
         if self.method == "lime" and self._predictor is not None:
             # LIME's forward passes through the predictor: the same method object, another predict_fn
             self._cam = CAM_METHODS.get("lime")(self.snapshot, self.layer, predict_fn=self.predict, **self.options)
+        elif self.method != "cam" and self._predictor is not None:
+            # the Score-CAM family: its masked forwards through the predictor (logits)
+            self._cam = CAM_METHODS.get(self.method)(self.snapshot, self.layer, forward_fn=self.logits,
+                                                     **self.options)
         logger.debug("Explainer(%s) on %s, %s", self.method, self.engine, self.precision)
 
     def _predictor_blocker(self) -> Optional[str]:
         """Why the predictor cannot serve this Explainer, or ``None``."""
         if self.requested_engine == "dynamic":
             return "engine='dynamic' was asked for"
-        if self.method not in PREDICTOR_METHODS:
-            return (f"method '{self.method}' has no exported graph (only {', '.join(PREDICTOR_METHODS)}; gradient "
+        if self.method not in predictor_methods():
+            return (f"method '{self.method}' has no exported graph (only {', '.join(predictor_methods())}; gradient "
                     "methods need the dynamic graph)")
         if self.method == "cam" and self.layer is not None and self.layer != getattr(self.snapshot, "features_layer", None):
             return f"layer '{self.layer}' is not the layer that feeds global pooling"
@@ -244,7 +254,7 @@ class Explainer:
                  upsample: Union[bool, Tuple[int, int]] = True, relu: bool = False) -> Tuple[np.ndarray, np.ndarray]:
         """``(probs [B, K], maps [B, K', H', W'])``, float32 numpy, as :func:`chexcam.explain` returns them."""
         self._check_structure()
-        if self._predictor is None or self.method == "lime":
+        if self._predictor is None or self.method != "cam":
             return self._cam(x, classes=classes, normalize=normalize, upsample=upsample, relu=relu,
                              target=self.target, activation=self.activation)
         mode = normalize_mode(normalize)
@@ -272,6 +282,16 @@ class Explainer:
         with paddle.no_grad():
             logits = self.snapshot(paddle.to_tensor(x))
         return activate(logits.numpy(), self.activation)
+
+    def logits(self, x) -> np.ndarray:
+        """Logits ``[B, K]`` of the snapshot (float32 numpy), as :meth:`predict`: the Score-CAM family's
+        ``forward_fn``."""
+        self._check_structure()
+        x = _as_batch(x)
+        if self._predictor is not None:
+            return self._predictor.run(x)[0]
+        with paddle.no_grad():
+            return self.snapshot(paddle.to_tensor(x)).numpy()
 
     def refresh(self) -> "Explainer":
         """Take a new snapshot of the live model (export and check again); returns ``self``."""
