@@ -108,12 +108,28 @@ def test_positive_gradient_cams_at_the_head(head_case, method):
 def test_ablation_cam_closed_form_at_the_head(head_case):
     """y_c - y_c(A_k = 0) = w_ck mean(A_k), so w_k = w_ck mean(A_k) / |y_c|."""
     model, x, feats, logits, w, _ = head_case
-    if model.num_classes == 14:  # DenseNet121: 1024 ablated forwards; one small image keeps it quick
-        x = _x(3, (1, 3, 32, 32))
-        feats, logits = _features(model, x)
     weights = w[None] * feats.mean(axis=(2, 3))[:, :, None] / np.abs(logits)[:, None, :]  # [B, C, K]
     _, m = _raw(model, x, "ablationcam", options={"batch_size": 64})
     _close(m, np.einsum("bchw,bck->bkhw", feats, weights), rel=1e-3)  # logit differences in float32
+
+
+def test_ablation_cam_closed_form_is_what_the_ablated_forwards_give(tiny):
+    """At the head's layer the ablated logits are computed in closed form; they equal the hooked forwards."""
+    from chexcam.cam.ablation import AblationCAM
+    from chexcam.cam.base import Pass
+
+    x = _x(4, (1, 3, 64, 64))
+    cam = AblationCAM(tiny, batch_size=16)
+    layer = dict(tiny.named_sublayers())[tiny.cam_layer]
+    with capture_output(layer) as store, paddle.no_grad():
+        logits = tiny(paddle.to_tensor(x))
+    p = Pass(paddle.to_tensor(x), store["output"], logits, logits, "logit", "sigmoid", layer, tiny.cam_layer)
+    closed = cam.head_ablated_logits(p, 0)
+    assert closed is not None
+    _close(closed, cam.ablated_scores(p, 0), rel=1e-5)
+    inner = AblationCAM(tiny, INNER)
+    p_inner = Pass(p.x, store["output"], logits, logits, "logit", "sigmoid", layer, INNER)
+    assert inner.head_ablated_logits(p_inner, 0) is None
 
 
 def test_finercam_closed_form_at_the_head(head_case):
@@ -396,7 +412,7 @@ def test_batch_classes_and_seed_behaviour(tiny, method):
 def test_masked_forwards_run_in_chunks(tiny, method):
     """Never more than batch_size masked (or ablated) images at a time, and C per image, shared by every class."""
     seen = []
-    layer = tiny.backbone if method == "ablationcam" else None
+    layer = INNER if method == "ablationcam" else None  # at the head's layer Ablation-CAM needs no forward
     original = tiny.forward
 
     def spy(x):
@@ -405,11 +421,10 @@ def test_masked_forwards_run_in_chunks(tiny, method):
 
     tiny.forward = spy
     try:
-        _raw(tiny, _x(14, (1, 3, 64, 64)), method, options={"batch_size": 5})
+        _raw(tiny, _x(14, (1, 3, 64, 64)), method, layer=layer, options={"batch_size": 5})
     finally:
         del tiny.forward
-    assert layer is None or layer is tiny.backbone
-    n_ch = _features(tiny, _x(14, (1, 3, 64, 64)))[0].shape[1]
+    n_ch = _features(tiny, _x(14, (1, 3, 64, 64)), layer)[0].shape[1]
     assert max(seen[1:]) <= 5 and sum(seen[1:]) == n_ch  # one image, every channel once, for all 3 classes
 
 

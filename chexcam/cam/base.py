@@ -328,8 +328,8 @@ class BaseCAM:
         target = check_target(target or self.default_target)
         if target == "probability" and not self.supports_probability:
             raise ChexcamError(f"{type(self).__name__} weights the feature map by the head (logit units); "
-                               "target='probability' needs a method that scores or differentiates the "
-                               "probabilities (a gradient or score method, or lime)")
+                               "target='probability' needs a gradient method (gradcam, ...), a score method "
+                               "(scorecam, sscam, iscam, ablationcam) or lime")
         return target
 
     def _not_a_feature_map(self, feats, name: str) -> ChexcamError:
