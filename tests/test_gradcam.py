@@ -135,6 +135,11 @@ def test_batched_equals_one_by_one_and_class_subsets(tiny, method):
     np.testing.assert_allclose(sub, full[:, [2, 0]], rtol=1e-4, atol=1e-5)
 
 
+#: one sample or step for the sampling methods (each is 1,024 masked forwards of DenseNet121 per sample)
+QUICK = {"sscam": {"num_samples": 1, "batch_size": 256}, "iscam": {"steps": 1, "batch_size": 256},
+         "scorecam": {"batch_size": 256}, "smoothgradcampp": {"num_samples": 1}}
+
+
 @pytest.mark.parametrize("method", sorted(CAM_METHODS.names()))
 def test_every_method_removes_hooks_restores_modes_leaves_nothing(chest_model, method):
     layer = chest_model.backbone.batch_norm
@@ -143,7 +148,8 @@ def test_every_method_removes_hooks_restores_modes_leaves_nothing(chest_model, m
     chest_model.train()
     chest_model.backbone.conv1_func.eval()
     try:
-        probs, maps = chexcam.explain(chest_model, _x(6, (1, 3, 64, 64)), method=method, classes=[0, 5])
+        probs, maps = chexcam.explain(chest_model, _x(6, (1, 3, 64, 64)), method=method, classes=[0, 5],
+                                      **QUICK.get(method, {}))
         assert chest_model.training and not chest_model.backbone.conv1_func.training
     finally:
         chest_model.eval()
