@@ -151,13 +151,14 @@ def resolve_inputs(cfg: Config) -> List[Item]:
         return [Item(n if os.path.isabs(n) else os.path.join(base, n)) for n in names]
     files = list_images(spec)
     if os.path.isdir(spec) or any(ch in spec for ch in "*?["):  # never the run's own outputs, as X-rays
-        out = os.path.join(os.path.realpath(cfg.output_dir), "")
+        own = os.path.join(cfg.output_dir, cfg.infer.subdir)  # where this tool writes its mosaics and viewer
+        out = os.path.join(os.path.realpath(own), "")
         kept = [p for p in files if not os.path.realpath(p).startswith(out)]
         if len(kept) < len(files):
-            logger.info("infer.input=%s: %d files under output_dir %s left out (this tool's own outputs)", spec,
-                        len(files) - len(kept), cfg.output_dir)
+            logger.info("infer.input=%s: %d files under %s left out (this tool's own outputs)", spec,
+                        len(files) - len(kept), own)
             if not kept:
-                raise ChexcamError(f"infer.input={spec} matched only files under output_dir {cfg.output_dir}")
+                raise ChexcamError(f"infer.input={spec} matched only files under {own} (this tool's own outputs)")
         files = kept
     return [Item(p) for p in files]
 
