@@ -92,9 +92,14 @@ def run_tool(
 
     def quiet_after_sigterm(info):
         # once terminated, a library's clean-up that the signal interrupts (a __del__, an at-fork hook) is not
-        # news: the one line below says what happened
-        if not term.get("received"):
-            unraisable(info)
+        # news: the one line below says what happened. The repeated SIGTERM can land inside this very hook; what
+        # it raises here is swallowed too, or Python would print "Exception ignored in sys.unraisablehook"
+        try:
+            if not term.get("received"):
+                unraisable(info)
+        except BaseException:  # noqa: BLE001  (a Terminated raised by the signal inside the hook)
+            if not term.get("received"):
+                raise
 
     sys.unraisablehook = quiet_after_sigterm
     try:
